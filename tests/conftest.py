@@ -1,0 +1,58 @@
+"""Suite-wide fixtures and the factor-by-factor evidence report."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support import RedisServer
+
+FACTORS = {
+    "I": "Codebase", "II": "Dependencies", "III": "Config", "IV": "Backing services",
+    "V": "Build, release, run", "VI": "Processes", "VII": "Port binding", "VIII": "Concurrency",
+    "IX": "Disposability", "X": "Dev/prod parity", "XI": "Logs", "XII": "Admin processes",
+}
+
+_evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests that need isolation flush it."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for mark in item.iter_markers("factor"):
+            for factor in mark.args:
+                if factor not in FACTORS:
+                    raise pytest.UsageError(f"{item.nodeid}: unknown factor {factor!r}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        factors = {f for mark in item.iter_markers("factor") for f in mark.args}
+        for factor in factors:
+            _evidence[factor].append((report.outcome, item.nodeid))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    if not _evidence:
+        return
+    tr = terminalreporter
+    tr.section("twelve-factor evidence")
+    for factor, name in FACTORS.items():
+        results = _evidence.get(factor, [])
+        passed = sum(1 for outcome, _ in results if outcome == "passed")
+        failed = len(results) - passed
+        status = "MISSING" if not results else ("ok" if failed == 0 else "FAILING")
+        tr.write_line(f"{factor:>4} {name:<20} {status:<8} {passed} passed, {failed} failed")

@@ -1,0 +1,136 @@
+"""Shared test machinery: free ports, a real redis-server, the service as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS_BIN = ROOT / ".tools" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_tool(name: str, hint: str = "make test installs it") -> str:
+    """Path of a tool, preferring the pinned copy in .tools/bin. A missing tool fails loudly."""
+    pinned = TOOLS_BIN / name
+    if pinned.exists():
+        return str(pinned)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"required tool {name!r} not found ({hint})", pytrace=False)
+    return found
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port; can be stopped and restarted in place."""
+
+    def __init__(self, password: str | None = None) -> None:
+        self.binary = require_tool("redis-server", "make system-deps installs redis-server")
+        self.port = free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="tasks-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                if self.password:
+                    s.sendall(f"AUTH {self.password}\r\n".encode())
+                    s.recv(64)
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def flushall(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.url, password=self.password).flushall()
+
+
+class ServiceProcess:
+    """`python -m service` (or any command) as a subprocess, with its stdout captured to a file."""
+
+    def __init__(self, env: Mapping[str, str], args: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.port = int(env.get("PORT", "8080"))
+        self.log = tempfile.NamedTemporaryFile(prefix="tasks-service-", suffix=".log", delete=False)
+        self.args = args or [sys.executable, "-m", "service"]
+        self.proc = subprocess.Popen(self.args, env=dict(env), cwd=cwd or ROOT,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                return httpx.get(self.base_url + "/readyz", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=timeout, what="/readyz 200")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """A minimal, explicit environment: nothing of the developer's TASKS_* leaks into a test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKS_") and k != "PORT"}
+    env.update(extra)
+    return env
