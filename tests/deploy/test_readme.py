@@ -1,0 +1,45 @@
+"""The README's kustomize and kind sections show the exact commands the bundle supports."""
+
+from __future__ import annotations
+
+import re
+
+from tests.deploy.render import KUSTOMIZE_DIR
+from tests.support import ROOT
+
+
+def section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.M | re.S)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def test_kustomize_section_has_the_literal_commands() -> None:
+    text = section("Deploy with kustomize")
+    for command in (
+        "kubectl apply -k deploy/kustomize/overlays/dev",
+        "kubectl create job --from=cronjob/cleanup manual-1",
+        "kubectl apply -k deploy/kustomize/overlays/prod",
+        "kubectl delete job migrate --ignore-not-found",
+    ):
+        assert command in text, command
+
+
+def test_the_prod_secret_command_creates_exactly_the_keys_the_bundle_reads() -> None:
+    text = section("Deploy with kustomize")
+    commands = re.findall(r"kubectl create secret generic (\S+)((?:.*\\\n)*.*)", text)
+    assert len(commands) == 1, "one command creates the Secret"
+    name, rest = commands[0]
+    assert name == "tasks"
+    keys = set(re.findall(r"--from-literal=(\w+)=", rest))
+    dev = (KUSTOMIZE_DIR / "overlays" / "dev" / "kustomization.yaml").read_text()
+    assert keys == set(re.findall(r"^\s+- (\w+)=", dev, re.M)) - {"TASKS_LOG_LEVEL"}
+    assert keys == {"TASKS_REDIS_PASSWORD", "TASKS_API_KEYS"}
+
+
+def test_kind_section_has_the_exact_commands() -> None:
+    text = section("Develop on kind")
+    assert re.search(r"^kind create cluster --name tasks$", text, re.M)
+    assert re.search(r"^skaffold dev(\s|$)", text, re.M)
+    assert re.search(r"^skaffold dev -p kustomize(\s|$)", text, re.M)
