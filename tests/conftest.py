@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 
 from tests.support import RedisServer
 
 FACTORS = {
-    "I": "Codebase", "II": "Dependencies", "III": "Config", "IV": "Backing services",
-    "V": "Build, release, run", "VI": "Processes", "VII": "Port binding", "VIII": "Concurrency",
-    "IX": "Disposability", "X": "Dev/prod parity", "XI": "Logs", "XII": "Admin processes",
+    "I": "Codebase",
+    "II": "Dependencies",
+    "III": "Config",
+    "IV": "Backing services",
+    "V": "Build, release, run",
+    "VI": "Processes",
+    "VII": "Port binding",
+    "VIII": "Concurrency",
+    "IX": "Disposability",
+    "X": "Dev/prod parity",
+    "XI": "Logs",
+    "XII": "Admin processes",
 }
 
 _evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -56,3 +67,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
         failed = len(results) - passed
         status = "MISSING" if not results else ("ok" if failed == 0 else "FAILING")
         tr.write_line(f"{factor:>4} {name:<20} {status:<8} {passed} passed, {failed} failed")
+
+
+# --- the service under test, in process, against each store ---------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run the test once per store: the same behaviour is required of both (dev/prod parity)."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_settings(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Settings for an in-process app; `store="redis"` uses the session redis-server under a
+    key prefix of the test's own, so tests never see each other's data."""
+    from service.settings import Settings
+
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+
+    def make(store: str = "memory", **overrides: object) -> Settings:
+        values: dict[str, object] = {"store": store, "redis_key_prefix": prefix, **overrides}
+        if store == "redis":
+            values.setdefault("redis_url", request.getfixturevalue("redis_server").url)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+def client(store_kind: str, make_settings) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """The app on one store, lifespan started, as an HTTP client."""
+    from service.app import create_app
+
+    with TestClient(create_app(make_settings(store_kind))) as test_client:
+        yield test_client

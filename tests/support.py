@@ -62,8 +62,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,13 +108,17 @@ class RedisServer:
 class ServiceProcess:
     """`python -m service` (or any command) as a subprocess, with its stdout captured to a file."""
 
-    def __init__(self, env: Mapping[str, str], args: list[str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], args: list[str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.port = int(env.get("PORT", "8080"))
-        self.log = tempfile.NamedTemporaryFile(prefix="tasks-service-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
+            prefix="tasks-service-", suffix=".log", delete=False
+        )
         self.args = args or [sys.executable, "-m", "service"]
-        self.proc = subprocess.Popen(self.args, env=dict(env), cwd=cwd or ROOT,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.args, env=dict(env), cwd=cwd or ROOT, stdout=self.log, stderr=subprocess.STDOUT
+        )
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 15) -> None:

@@ -1,0 +1,1 @@
+"""HTTP routers (thin: validate, call the store, shape the answer) and their dependencies."""

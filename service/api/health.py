@@ -1,0 +1,50 @@
+"""Probes and process facts: /livez, /readyz, /version, /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from service.api.deps import LifecycleDep, MetricsDep, SettingsDep, StoreDep
+from service.api.problems import problem
+from service.errors import StoreUnavailable
+from service.observability.metrics import CONTENT_TYPE
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/livez", summary="The process is alive (checks no dependency)")
+async def livez() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get("/readyz", summary="Ready for traffic: store reachable and not draining")
+async def readyz(store: StoreDep, lifecycle: LifecycleDep) -> JSONResponse:
+    if lifecycle.draining:
+        return problem(
+            503, title="Not ready", detail="draining: shutting down", checks={"draining": True}
+        )
+    try:
+        await store.ping()
+    except StoreUnavailable as exc:
+        return problem(
+            503,
+            title="Not ready",
+            detail=f"store unreachable ({exc})",
+            checks={"draining": False, "store": "unreachable"},
+        )
+    return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
+
+
+@router.get("/version", summary="What is running")
+async def version(settings: SettingsDep) -> dict[str, str]:
+    return {
+        "version": settings.version,
+        "git_revision": settings.git_revision,
+        "build_date": settings.build_date,
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=CONTENT_TYPE)

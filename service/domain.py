@@ -1,0 +1,150 @@
+"""The task model and its rules: ids, timestamps, what a create or a patch does to a task."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TITLE_MAX = 200
+DESCRIPTION_MAX = 10_000
+ID_PATTERN = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+class Status(StrEnum):
+    todo = "todo"
+    in_progress = "in_progress"
+    done = "done"
+
+
+class Task(BaseModel):
+    """A task as stored and as served."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    title: str
+    description: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+
+class TaskCreate(BaseModel):
+    """The body of POST /v1/tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, Field(min_length=1, max_length=TITLE_MAX)]
+    description: Annotated[str, Field(max_length=DESCRIPTION_MAX)] = ""
+    status: Status = Status.todo
+
+    def fingerprint(self) -> str:
+        """Identifies the request body for Idempotency-Key comparison (formatting-insensitive)."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+class TaskPatch(BaseModel):
+    """The body of PATCH /v1/tasks/{id}: only the fields present change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str | None, Field(min_length=1, max_length=TITLE_MAX)] = None
+    description: Annotated[str | None, Field(max_length=DESCRIPTION_MAX)] = None
+    status: Status | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None:
+                    raise ValueError(f"{name} may be omitted but not null")
+        return data
+
+
+class Page(BaseModel):
+    """One page of a listing; `next_cursor` is None on the last page."""
+
+    items: list[Task]
+    next_cursor: str | None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IdGenerator:
+    """ULID-style ids (48-bit milliseconds + 80 random bits, Crockford base32, lowercase).
+
+    Ids sort by creation time, and strictly increase within a process, which is what makes
+    keyset pagination stable while tasks are being added.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._last_random = 0
+
+    def new(self, at: datetime) -> str:
+        ms = int(at.timestamp() * 1000)
+        with self._lock:
+            if ms <= self._last_ms:
+                ms, random = self._last_ms, self._last_random + 1
+            else:
+                random = int.from_bytes(os.urandom(10), "big")
+            self._last_ms, self._last_random = ms, random
+        value = (ms << 80) | (random & ((1 << 80) - 1))
+        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+_ids = IdGenerator()
+
+
+def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
+    """A new task from a create request; creating it as done marks it completed now."""
+    now = now or utcnow()
+    return Task(
+        id=_ids.new(now),
+        title=body.title,
+        description=body.description,
+        status=body.status,
+        created_at=now,
+        updated_at=now,
+        completed_at=now if body.status is Status.done else None,
+    )
+
+
+def apply_patch(task: Task, patch: TaskPatch, now: datetime | None = None) -> Task:
+    """The task after a partial update; unchanged (same object) when the patch changes nothing.
+
+    Moving to done sets `completed_at`; moving away from done clears it.
+    """
+    changes = patch.model_dump(exclude_unset=True)
+    if all(getattr(task, name) == value for name, value in changes.items()):
+        return task
+    now = now or utcnow()
+    status = changes.get("status", task.status)
+    completed_at = task.completed_at
+    if status is Status.done and task.status is not Status.done:
+        completed_at = now
+    elif status is not Status.done:
+        completed_at = None
+    return task.model_copy(update={**changes, "updated_at": now, "completed_at": completed_at})
+
+
+def to_json(task: Task) -> bytes:
+    return task.__pydantic_serializer__.to_json(task)
+
+
+def etag(body: bytes) -> str:
+    """A strong validator for a task's JSON representation."""
+    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'

@@ -1,0 +1,1 @@
+"""Logs (JSON lines) and metrics (Prometheus), plus the middleware that records every request."""

@@ -1,0 +1,85 @@
+"""Prometheus metrics on a registry of the app's own (no global state, no import-time effects).
+
+Request metrics are labelled by route *template* (`/v1/tasks/{task_id}`), never by path, so the
+number of series does not grow with the number of tasks.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, *, version: str, git_revision: str, build_date: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.requests = Counter(
+            "tasks_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "tasks_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "tasks_http_requests_in_flight",
+            "HTTP requests being answered now.",
+            registry=self.registry,
+        )
+        self.store_duration = Histogram(
+            "tasks_store_operation_duration_seconds",
+            "Time a store operation took, by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "tasks_store_errors",
+            "Store operations that failed because the store was unavailable, by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
+        build_info = Gauge(
+            "tasks_build_info",
+            "Always 1; the labels say what is running.",
+            ["version", "git_revision", "build_date"],
+            registry=self.registry,
+        )
+        build_info.labels(version, git_revision, build_date).set(1)
+
+        # Labelled children, cached: the label sets are few (methods x route templates x statuses).
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((method, route, status))
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.request_duration.labels(method, route),
+            )
+            self._request_children[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

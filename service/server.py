@@ -1,0 +1,88 @@
+"""uvicorn with the Kubernetes shutdown sequence.
+
+On the first SIGTERM (or SIGINT):
+  1. /readyz answers 503 at once, so the endpoints controller stops routing new traffic here;
+  2. wait TASKS_SHUTDOWN_DELAY_SECONDS while load balancers catch up (we still serve meanwhile);
+  3. close the listener and let in-flight requests finish, for at most
+     TASKS_GRACEFUL_TIMEOUT_SECONDS;
+  4. close the store (the app's lifespan shutdown) and exit 0.
+A second SIGINT (Ctrl-C twice) exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
+import uvicorn
+
+from service.app import create_app
+from service.lifecycle import Lifecycle
+from service.settings import Settings
+
+log = logging.getLogger("tasks.server")
+
+FORCED_EXIT_CODE = 130
+
+
+class GracefulServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, delay: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.delay = delay
+        self._shutdown: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Replaces uvicorn's handlers, which would re-raise the signal at exit (exit status -15).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_signal(signal.Signals(sig))
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        if self._shutdown is None:
+            log.info("shutdown requested", extra={"signal": sig.name, "delay_seconds": self.delay})
+            self.lifecycle.start_draining()  # 1
+            self._shutdown = asyncio.get_running_loop().create_task(self._stop_after_delay())
+        elif sig == signal.SIGINT:
+            log.warning("second interrupt: exiting now")
+            self.force_exit = True
+            self.should_exit = True
+
+    async def _stop_after_delay(self) -> None:
+        await asyncio.sleep(self.delay)  # 2
+        log.info("closing the listener, draining in-flight requests")
+        self.should_exit = True  # 3 and 4: uvicorn's shutdown, then the app's lifespan
+
+
+def serve(settings: Settings) -> int:
+    """Serve on settings.host:settings.port until a signal; the process exit code."""
+    lifecycle = Lifecycle()
+    config = uvicorn.Config(
+        create_app(settings, lifecycle),
+        host=settings.host,
+        port=settings.port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        lifespan="on",
+        log_config=None,  # logging is ours (JSON lines on stdout)
+        access_log=False,  # our middleware writes the access line
+        server_header=False,
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),
+    )
+    server = GracefulServer(config, lifecycle, settings.shutdown_delay_seconds)
+    server.run()
+    return FORCED_EXIT_CODE if server.force_exit else 0

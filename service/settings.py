@@ -1,0 +1,121 @@
+"""The one settings class: every environment variable the service and jobs read is a field."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service import __version__
+
+ENV_PREFIX = "TASKS_"
+_RETENTION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the variable and never echoes its value."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(f"{variable}: {reason}")
+        self.variable = variable
+        self.reason = reason
+
+
+class Settings(BaseSettings):
+    """Config from env vars (prefix TASKS_, plus PORT), then `.env` in the working directory."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+        populate_by_name=True,
+    )
+
+    port: Annotated[int, Field(ge=1, le=65535, validation_alias="PORT")] = 8080
+    host: str = "0.0.0.0"  # noqa: S104 (a container must listen on all interfaces)
+    store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://localhost:6379/0"
+    redis_password: SecretStr | None = None
+    redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    redis_key_prefix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")] = (
+        "tasks:"
+    )
+    api_keys: SecretStr | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_delay_seconds: Annotated[float, Field(ge=0, le=300)] = 0.0
+    graceful_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
+    idempotency_ttl_seconds: Annotated[int, Field(ge=1)] = 86400
+    cleanup_retention: timedelta = timedelta(days=7)
+    version: str = __version__
+    git_revision: str = "unknown"
+    build_date: str = "unknown"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("redis_password", "api_keys", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        # Messages never include the URL: it may carry a password.
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError("scheme must be redis:// or rediss://")
+        if not parts.hostname:
+            raise ValueError("a host is required")
+        if port == 0:
+            raise ValueError("port must be 1-65535")
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise ValueError("the path must be a database number, e.g. /0")
+        return value
+
+    @field_validator("cleanup_retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: Any) -> Any:
+        if isinstance(value, timedelta):
+            return value
+        match = _RETENTION.match(str(value))
+        if match is None or int(match.group(1)) == 0:
+            raise ValueError("must be a positive duration like 30m, 12h or 7d")
+        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """The bearer keys that may write; empty means writes are open."""
+        if self.api_keys is None:
+            return ()
+        return tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a settings field."""
+    return "PORT" if field.lower() == "port" else ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning a validation failure into one ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        reason = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(env_name(field), reason) from None

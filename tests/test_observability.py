@@ -1,0 +1,96 @@
+"""Logs and metrics (factor XI, and what operators scrape): shape, request ids, bounded series."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.observability.logging import JsonFormatter, configure_logging, request_id
+
+
+def series(metrics_text: str, name: str) -> list[str]:
+    return [line for line in metrics_text.splitlines() if line.startswith(name + "{")]
+
+
+@pytest.mark.factor("XI")
+def test_request_id_is_taken_from_the_request_or_generated(client: TestClient) -> None:
+    given = client.get("/livez", headers={"X-Request-ID": "abc-123"})
+    generated = client.get("/livez")
+    invalid = client.get("/livez", headers={"X-Request-ID": "has spaces and\ttabs"})
+
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) == 32
+    assert invalid.headers["x-request-id"] != "has spaces and\ttabs"
+
+
+@pytest.mark.factor("XI")
+def test_access_line_carries_request_id_method_route_status_duration(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="tasks.access"):
+        client.get("/v1/tasks/01aaaaaaaaaaaaaaaaaaaaaaaa", headers={"X-Request-ID": "r-1"})
+
+    (record,) = [r for r in caplog.records if r.name == "tasks.access"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "r-1"
+    assert (line["method"], line["route"], line["status"]) == ("GET", "/v1/tasks/{task_id}", 404)
+    assert line["duration_ms"] >= 0
+
+
+@pytest.mark.factor("XI")
+def test_configure_logging_writes_json_lines_to_the_stream_it_is_given() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("info", stream=stream)
+        token = request_id.set("rid-7")
+        logging.getLogger("uvicorn.error").info("hello %s", "world", extra={"k": 1})
+        request_id.reset(token)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("jobs").exception("failed")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["msg"] == "hello world" and first["request_id"] == "rid-7" and first["k"] == 1
+    assert first["logger"] == "uvicorn.error" and first["level"] == "info"
+    assert second["level"] == "error" and "ValueError: boom" in second["exc"]
+
+
+@pytest.mark.factor("XI")  # metrics: the other telemetry stream operators read
+def test_metrics_has_request_store_inflight_and_build_series(client: TestClient) -> None:
+    client.post("/v1/tasks", json={"title": "x"})
+    text = client.get("/metrics").text
+
+    assert series(text, "tasks_http_requests_total")
+    assert series(text, "tasks_http_request_duration_seconds_bucket")
+    assert "tasks_http_requests_in_flight " in text
+    store_series = series(text, "tasks_store_operation_duration_seconds_count")
+    assert any('operation="create"' in s for s in store_series)
+    assert series(text, "tasks_build_info")
+    assert "process_resident_memory_bytes" in text
+
+
+@pytest.mark.factor("XI")
+def test_a_thousand_task_ids_do_not_make_a_thousand_series(client: TestClient) -> None:
+    for _ in range(1000):
+        client.get(f"/v1/tasks/{uuid.uuid4().hex}")
+    client.get(f"/no/such/{uuid.uuid4().hex}")
+
+    text = client.get("/metrics").text
+
+    routes = {
+        s.split('route="')[1].split('"')[0] for s in series(text, "tasks_http_requests_total")
+    }
+    assert routes <= {"/v1/tasks/{task_id}", "/metrics", "unmatched"}
+    assert len(series(text, "tasks_http_requests_total")) < 10
+    assert len(series(text, "tasks_http_request_duration_seconds_bucket")) < 60
