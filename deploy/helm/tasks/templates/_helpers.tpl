@@ -1,0 +1,202 @@
+{{/* Names, labels and the shared pod/container pieces: every name and selector comes from here. */}}
+
+{{- define "tasks.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <fullname>: the release name if it contains the chart name (`helm install tasks` → tasks). */}}
+{{- define "tasks.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* <fullname>-<part>, e.g. (include "tasks.partName" (list . "cleanup")). */}}
+{{- define "tasks.partName" -}}
+{{- $ctx := index . 0 }}
+{{- printf "%s-%s" (include "tasks.fullname" $ctx | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tasks.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tasks.labels" -}}
+helm.sh/chart: {{ include "tasks.chart" . }}
+{{ include "tasks.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "tasks.name" . }}
+{{- end }}
+
+{{/* Labels every pod of this release carries (API, jobs, test). */}}
+{{- define "tasks.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tasks.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The API pods: selector labels plus component=api, so the Service, HPA and PDB never select the
+cleanup, migrate or test pods (they carry the same name/instance labels).
+*/}}
+{{- define "tasks.apiSelectorLabels" -}}
+{{ include "tasks.selectorLabels" . }}
+app.kubernetes.io/component: api
+{{- end }}
+
+{{/* Label key of the pods allowed to reach Redis (API, cleanup, migrate): the Redis NetworkPolicy selects it. */}}
+{{- define "tasks.redisClientLabelKey" -}}
+{{- printf "%s-redis-client" (include "tasks.fullname" . | trunc 50 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "tasks.redisClientLabel" -}}
+{{ include "tasks.redisClientLabelKey" . }}: "true"
+{{- end }}
+
+{{- define "tasks.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "tasks.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The one image reference of the API, the cleanup CronJob, the migrate hook and the test (factor V). */}}
+{{- define "tasks.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret loaded with envFrom: an existing one, or ours. */}}
+{{- define "tasks.secretName" -}}
+{{- default (include "tasks.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{/*
+The redis subchart's full name, by the subchart's own rule ("redis.fullname": <release>-redis).
+Mirrored here because the parent cannot render in the subchart's scope; tests check both agree.
+*/}}
+{{- define "tasks.redis.fullname" -}}
+{{- if .Values.redis.fullnameOverride }}
+{{- .Values.redis.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "redis" .Values.redis.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The Redis pods' selector labels, as the subchart sets them ("redis.selectorLabels"). */}}
+{{- define "tasks.redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ default "redis" .Values.redis.nameOverride | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end }}
+
+{{/* TASKS_REDIS_URL: the bundled Redis Service, or externalRedis.url (factor IV: only this changes). */}}
+{{- define "tasks.redis.url" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://%s:%v/0" (include "tasks.redis.fullname" .) (dig "service" "port" 6379 .Values.redis) }}
+{{- else }}
+{{- required "externalRedis.url is required when redis.enabled=false" .Values.externalRedis.url }}
+{{- end }}
+{{- end }}
+
+{{/* Secret name and key of the Redis password, or empty when there is none. */}}
+{{- define "tasks.redis.passwordSecret" -}}
+{{- if .Values.redis.enabled }}
+{{- if .Values.redis.auth.enabled }}
+{{- dict "name" (default (include "tasks.redis.fullname" .) .Values.redis.auth.existingSecret) "key" .Values.redis.auth.existingSecretPasswordKey | toJson }}
+{{- end }}
+{{- else if .Values.externalRedis.existingSecret }}
+{{- dict "name" .Values.externalRedis.existingSecret "key" .Values.externalRedis.existingSecretPasswordKey | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* The non-secret settings: the ConfigMap's data (also used by the migrate hook, see job-migrate.yaml). */}}
+{{- define "tasks.configData" -}}
+PORT: {{ .Values.containerPort | quote }}
+TASKS_HOST: {{ .Values.config.host | quote }}
+TASKS_STORE: "redis"
+TASKS_REDIS_URL: {{ include "tasks.redis.url" . | quote }}
+TASKS_REDIS_TIMEOUT_SECONDS: {{ .Values.config.redisTimeoutSeconds | toString | quote }}
+TASKS_REDIS_KEY_PREFIX: {{ .Values.config.redisKeyPrefix | quote }}
+TASKS_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
+TASKS_SHUTDOWN_DELAY_SECONDS: {{ .Values.config.shutdownDelaySeconds | toString | quote }}
+TASKS_GRACEFUL_TIMEOUT_SECONDS: {{ .Values.config.gracefulTimeoutSeconds | toString | quote }}
+TASKS_IDEMPOTENCY_TTL_SECONDS: {{ .Values.config.idempotencyTtlSeconds | toString | quote }}
+TASKS_CLEANUP_RETENTION: {{ .Values.config.cleanupRetention | quote }}
+{{- end }}
+
+{{/* envFrom of every app container (API, cleanup, migrate): identical by construction. */}}
+{{- define "tasks.envFrom" -}}
+- configMapRef:
+    name: {{ include "tasks.fullname" . }}
+- secretRef:
+    name: {{ include "tasks.secretName" . }}
+{{- with .Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* env of every app container: the Redis password by reference, then extraEnv. */}}
+{{- define "tasks.env" -}}
+{{- with (include "tasks.redis.passwordSecret" .) }}
+{{- $ref := fromJson . }}
+- name: TASKS_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name }}
+      key: {{ $ref.key }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by every pod of the chart (restricted by default). */}}
+{{- define "tasks.podCommon" -}}
+serviceAccountName: {{ include "tasks.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automount }}
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* The only writable path of every app container. */}}
+{{- define "tasks.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{- define "tasks.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}

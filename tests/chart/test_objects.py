@@ -1,0 +1,509 @@
+"""Rung 1 (static): assertions on the rendered objects - what the chart promises its users."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+
+from tests.chart.helpers import (
+    CHART,
+    EXISTING_SECRETS,
+    NAMESPACE,
+    VALUE_FILES,
+    Obj,
+    Rendered,
+    app_workloads,
+    container,
+    load_yaml,
+    matches,
+    notes,
+    pod_spec,
+    rendered,
+    resolve_env,
+)
+
+pytestmark = pytest.mark.usefixtures("helm3")
+
+
+def _id(values_file: str | None) -> str:
+    return values_file or "defaults"
+
+
+# --- factor V and III: one image, one env ------------------------------------------------------
+
+
+@pytest.mark.factor("V", "III", "XII")
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+def test_api_cleanup_and_migrate_share_image_and_env(values_file: str | None) -> None:
+    r = rendered(values_file)
+    workloads = app_workloads(r)
+    assert {"api", "cleanup"} <= set(workloads)
+    if values_file != "dev-values.yaml":  # the dev file turns the migrate hook off
+        assert "migrate" in workloads
+    containers = {name: container(obj) for name, obj in workloads.items()}
+    images = {c["image"] for c in containers.values()}
+    assert len(images) == 1, images
+    (test_pod,) = r.of_kind("Pod")
+    assert container(test_pod)["image"] in images
+    env_from = [json.dumps(c["envFrom"], sort_keys=True) for c in containers.values()]
+    assert len(set(env_from)) == 1, env_from
+    pull = {c["imagePullPolicy"] for c in containers.values()}
+    assert len(pull) == 1
+    # What each process actually sees is identical too (the migrate hook repeats the ConfigMap
+    # as explicit env: see job-migrate.yaml).
+    envs = [_env(r, c) for c in containers.values()]
+    assert all(env == envs[0] for env in envs), envs
+
+
+def _env(r: Rendered, c: Obj) -> dict[str, str]:
+    return resolve_env(r, c, EXISTING_SECRETS)
+
+
+@pytest.mark.factor("V")
+def test_image_reference_follows_tag_and_digest() -> None:
+    chart = load_yaml(CHART / "Chart.yaml")
+    default = container(rendered().get("Deployment", "tasks"))["image"]
+    assert default == f"ghcr.io/example/tasks:{chart['appVersion']}"
+    prod = container(rendered("production-values.yaml").get("Deployment", "tasks"))["image"]
+    assert re.fullmatch(r"ghcr\.io/example/tasks:1\.2\.3@sha256:[0-9a-f]{64}", prod)
+
+
+@pytest.mark.factor("III")
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+def test_config_comes_from_a_configmap_and_secrets_by_reference(values_file: str | None) -> None:
+    r = rendered(values_file)
+    deployment = next(o for o in r.of_kind("Deployment"))
+    c = container(deployment)
+    config_ref, secret_ref = c["envFrom"][0]["configMapRef"], c["envFrom"][1]["secretRef"]
+    configmap = r.get("ConfigMap", config_ref["name"])
+    assert all(k == "PORT" or k.startswith("TASKS_") for k in configmap["data"])
+    assert not any(k in configmap["data"] for k in ("TASKS_REDIS_PASSWORD", "TASKS_API_KEYS"))
+    assert configmap["data"]["TASKS_STORE"] == "redis"
+    if values_file == "external-redis-values.yaml":
+        assert secret_ref["name"] == "tasks-app-secrets"
+        assert r.find("Secret", "tasks") is None
+    else:
+        assert r.get("Secret", secret_ref["name"])["type"] == "Opaque"
+    # The only inline env is the Redis password, by reference (and the user's extraEnv).
+    for item in c.get("env", []):
+        assert "valueFrom" in item or item["name"] == "PYTHONFAULTHANDLER", item
+
+
+@pytest.mark.factor("III")
+def test_api_keys_go_to_the_secret() -> None:
+    r = rendered("production-values.yaml")
+    assert r.secret_data("tasks")["TASKS_API_KEYS"] == "prod-key-one-9f8e7d6c,prod-key-two-1a2b3c4d"
+
+
+# --- no secret outside a Secret --------------------------------------------------------------
+
+
+def _leaks(r: Rendered, secrets: list[str]) -> list[str]:
+    found = []
+    for obj in r.objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = json.dumps(obj)
+        for value in secrets:
+            for form in (value, base64.b64encode(value.encode()).decode()):
+                if form in text:
+                    found.append(f"{obj['kind']}/{obj['metadata']['name']} contains {value!r}")
+    return found
+
+
+@pytest.mark.factor("III")
+def test_generated_redis_password_appears_in_no_object_but_its_secret() -> None:
+    r = rendered()
+    password = r.secret_data("tasks-redis")["redis-password"]
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert not _leaks(r, [password])
+
+
+@pytest.mark.factor("III")
+def test_explicit_secrets_appear_in_no_object_but_secrets() -> None:
+    password, key = "s3cret-redis-pw-5d8e", "api-key-6f1c"
+    sets = (f"redis.auth.password={password}", f"apiKeys[0]={key}")
+    r = rendered("production-values.yaml", sets=sets)
+    assert r.secret_data("tasks-redis")["redis-password"] == password
+    assert key in r.secret_data("tasks")["TASKS_API_KEYS"]
+    assert not _leaks(r, [password, key, "prod-key-one-9f8e7d6c", "prod-key-two-1a2b3c4d"])
+
+
+def test_redis_config_holds_no_password() -> None:
+    r = rendered(sets=("redis.auth.password=pw-in-config-check",))
+    config = r.get("ConfigMap", "tasks-redis")["data"]["redis.conf"]
+    assert "requirepass" not in config and "pw-in-config-check" not in config
+    assert "appendonly yes" in config and "maxmemory-policy noeviction" in config
+
+
+# --- restricted pods --------------------------------------------------------------------------
+
+ALLOWED_VOLUMES = {
+    "configMap",
+    "emptyDir",
+    "secret",
+    "projected",
+    "downwardAPI",
+    "persistentVolumeClaim",
+    "ephemeral",
+    "name",
+}
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+def test_every_pod_meets_the_restricted_pod_security_standard(values_file: str | None) -> None:
+    r = rendered(values_file)
+    pods = list(r.pod_templates())
+    assert {o["kind"] for o, _ in pods} >= {"Deployment", "CronJob", "Pod"}
+    if values_file != "external-redis-values.yaml":
+        assert "StatefulSet" in {o["kind"] for o, _ in pods}
+    for obj, spec in pods:
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, where
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert spec.get("enableServiceLinks") is False, where
+        assert spec.get("automountServiceAccountToken") is False, where
+        for forbidden in ("hostNetwork", "hostPID", "hostIPC"):
+            assert not spec.get(forbidden), where
+        for volume in spec.get("volumes", []):
+            assert set(volume) <= ALLOWED_VOLUMES, f"{where}: {volume}"
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            assert "add" not in sc["capabilities"], where
+            assert sc["readOnlyRootFilesystem"] is True, where
+            assert not sc.get("privileged"), where
+            assert sc.get("runAsUser", pod_sc.get("runAsUser", 0)) != 0, where
+            assert c.get("resources", {}).get("requests"), f"{where}: no resource requests"
+            assert c["resources"].get("limits", {}).get("memory"), f"{where}: no memory limit"
+            writable = {m["mountPath"] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
+            if obj["kind"] != "StatefulSet":
+                assert writable == {"/tmp"}, f"{where}: writable {writable}"
+                assert sc["runAsUser"] == 10001 and sc["runAsGroup"] == 10001, where
+
+
+# --- factor VI/VIII: HPA, PDB, stateless API --------------------------------------------------
+
+
+@pytest.mark.factor("VI", "VIII")
+def test_hpa_owns_the_replica_count() -> None:
+    r = rendered("production-values.yaml")
+    deployment = r.get("Deployment", "tasks")
+    assert "replicas" not in deployment["spec"]
+    hpa = r.get("HorizontalPodAutoscaler", "tasks")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tasks",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    targets = {
+        m["resource"]["name"]: m["resource"]["target"]["averageUtilization"]
+        for m in hpa["spec"]["metrics"]
+    }
+    assert targets == {"cpu": 65, "memory": 75}
+    assert {"scaleUp", "scaleDown"} <= set(hpa["spec"]["behavior"])
+    # Without the HPA the Deployment states its replicas and there is no HPA.
+    plain = rendered()
+    assert plain.get("Deployment", "tasks")["spec"]["replicas"] == 2
+    assert not plain.of_kind("HorizontalPodAutoscaler")
+
+
+@pytest.mark.factor("VI", "VIII")
+def test_api_pods_keep_no_state_in_the_pod() -> None:
+    for values_file in VALUE_FILES:
+        deployment = rendered(values_file).of_kind("Deployment")[0]
+        for volume in pod_spec(deployment)["volumes"]:  # type: ignore[index]
+            assert set(volume) == {"name", "emptyDir"}, volume
+
+
+@pytest.mark.factor("IX")
+def test_pdb_and_topology_spread_select_only_api_pods() -> None:
+    r = rendered("production-values.yaml")
+    api_labels = r.pod_template_meta(r.get("Deployment", "tasks"))["labels"]
+    pdb = r.get("PodDisruptionBudget", "tasks")
+    assert pdb["spec"]["minAvailable"] == 2
+    assert matches(pdb["spec"]["selector"]["matchLabels"], api_labels)
+    for constraint in pod_spec(rendered().get("Deployment", "tasks"))["topologySpreadConstraints"]:  # type: ignore[index]
+        assert matches(constraint["labelSelector"]["matchLabels"], api_labels)
+    assert not rendered().of_kind("PodDisruptionBudget")
+
+
+def test_service_selects_only_the_api_pods() -> None:
+    r = rendered()
+    service = r.get("Service", "tasks")
+    selector = service["spec"]["selector"]
+    for obj, _ in r.pod_templates():
+        labels = r.pod_template_meta(obj)["labels"]
+        assert matches(selector, labels) == (obj["kind"] == "Deployment"), obj["metadata"]["name"]
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+
+
+# --- factor IX: probes and shutdown -----------------------------------------------------------
+
+
+@pytest.mark.factor("IX")
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+def test_probes_and_grace_period(values_file: str | None) -> None:
+    r = rendered(values_file)
+    deployment = r.of_kind("Deployment")[0]
+    c = container(deployment)
+    assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    (port,) = c["ports"]
+    env = _env(r, c)
+    assert port == {"name": "http", "containerPort": int(env["PORT"]), "protocol": "TCP"}
+    drain = float(env["TASKS_SHUTDOWN_DELAY_SECONDS"]) + float(
+        env["TASKS_GRACEFUL_TIMEOUT_SECONDS"]
+    )
+    assert pod_spec(deployment)["terminationGracePeriodSeconds"] > drain  # type: ignore[index]
+    assert float(env["TASKS_SHUTDOWN_DELAY_SECONDS"]) > 0
+
+
+@pytest.mark.factor("III")
+def test_checksum_annotation_rolls_pods_on_config_change() -> None:
+    def checksums(*sets: str) -> dict[str, str]:
+        meta = rendered(sets=tuple(sets)).pod_template_meta(
+            rendered(sets=tuple(sets)).get("Deployment", "tasks")
+        )
+        return {k: v for k, v in meta["annotations"].items() if k.startswith("checksum/")}
+
+    base = checksums()
+    assert set(base) == {"checksum/config", "checksum/secret", "checksum/redis-auth"}
+    assert checksums("config.logLevel=debug")["checksum/config"] != base["checksum/config"]
+    assert checksums("apiKeys[0]=k1")["checksum/secret"] != base["checksum/secret"]
+    assert checksums("redis.auth.password=p")["checksum/redis-auth"] != base["checksum/redis-auth"]
+    assert checksums("replicaCount=5") == base  # not config: no roll
+
+
+# --- factor XII: admin processes ----------------------------------------------------------------
+
+
+@pytest.mark.factor("XII")
+def test_cleanup_cronjob() -> None:
+    r = rendered("production-values.yaml")
+    cron = r.get("CronJob", "tasks-cleanup")
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["timeZone"] == "Europe/Berlin"
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    assert job["backoffLimit"] >= 1 and job["activeDeadlineSeconds"] > 0
+    assert job["ttlSecondsAfterFinished"] > 0
+    assert pod_spec(cron)["restartPolicy"] == "Never"  # type: ignore[index]
+    c = container(cron)
+    assert c["command"] + c["args"] == ["python", "-m", "jobs", "cleanup"]
+    assert "timeZone" not in rendered().get("CronJob", "tasks-cleanup")["spec"]
+
+
+@pytest.mark.factor("XII")
+def test_migrate_hook_runs_after_install_and_before_upgrade() -> None:
+    job = rendered().get("Job", "tasks-migrate")
+    annotations = job["metadata"]["annotations"]
+    # Not pre-install: the bundled Redis (and the ConfigMap/Secret) do not exist before install.
+    assert annotations["helm.sh/hook"] == "post-install,pre-upgrade"
+    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
+    assert job["spec"]["backoffLimit"] >= 3  # Redis may still be starting on first install
+    assert job["spec"]["activeDeadlineSeconds"] < 300  # fails before helm's default --timeout
+    c = container(job)
+    assert c["command"] + c["args"] == ["python", "-m", "jobs", "migrate"]
+
+
+@pytest.mark.factor("XII")
+@pytest.mark.parametrize(
+    ("values_file", "fullname"),
+    [(None, "tasks"), ("dev-values.yaml", "todo")],
+    ids=["tasks", "todo"],
+)
+def test_notes_print_the_exact_admin_command(values_file: str | None, fullname: str) -> None:
+    text = notes(values_file)
+    command = (
+        f"kubectl create job --from=cronjob/{fullname}-cleanup "
+        f"{fullname}-cleanup-manual-<n> -n {NAMESPACE}"
+    )
+    assert command in text
+    assert rendered(values_file).get("CronJob", f"{fullname}-cleanup")
+
+
+def test_helm_test_pod_does_a_crud_round_trip_through_the_service() -> None:
+    r = rendered()
+    (pod,) = r.of_kind("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    c = container(pod)
+    env = {e["name"]: e for e in c["env"]}
+    service = r.get("Service", "tasks")
+    assert env["TASKS_URL"]["value"] == f"http://tasks:{service['spec']['ports'][0]['port']}"
+    script = c["args"][0]
+    for method in ("POST", "GET", "PATCH", "DELETE"):
+        assert f'"{method}"' in script
+
+
+# --- factor IV: the backing service is attached by config ---------------------------------------
+
+
+def test_names_follow_fullname_and_part() -> None:
+    r = rendered()
+    names = {(o["kind"], o["metadata"]["name"]) for o in r.objects}
+    assert {
+        ("Deployment", "tasks"),
+        ("Service", "tasks"),
+        ("ConfigMap", "tasks"),
+        ("StatefulSet", "tasks-redis"),
+        ("Service", "tasks-redis"),
+        ("Secret", "tasks-redis"),
+        ("CronJob", "tasks-cleanup"),
+        ("Job", "tasks-migrate"),
+    } <= names
+
+
+@pytest.mark.factor("IV")
+@pytest.mark.parametrize(
+    ("release", "values_file"), [("tasks", None), ("demo", None), ("tasks", "dev-values.yaml")]
+)
+def test_app_points_at_the_redis_the_subchart_renders(
+    release: str, values_file: str | None
+) -> None:
+    """The parent mirrors the subchart's naming rule; this proves they agree."""
+    r = rendered(values_file, release=release)
+    (statefulset,) = r.of_kind("StatefulSet")
+    redis_labels = r.pod_template_meta(statefulset)["labels"]
+    services = [
+        s
+        for s in r.of_kind("Service")
+        if s["spec"].get("clusterIP") != "None" and matches(s["spec"]["selector"], redis_labels)
+    ]
+    (redis_service,) = services
+    deployment = r.of_kind("Deployment")[0]
+    env = _env(r, container(deployment))
+    port = redis_service["spec"]["ports"][0]["port"]
+    assert env["TASKS_REDIS_URL"] == f"redis://{redis_service['metadata']['name']}:{port}/0"
+    redis_password = _env(r, container(statefulset))["REDIS_PASSWORD"]
+    assert env["TASKS_REDIS_PASSWORD"] == redis_password
+    if values_file is None:
+        assert redis_service["metadata"]["name"] == f"{release}-redis"
+
+
+@pytest.mark.factor("IV")
+def test_external_redis_changes_only_the_redis_address_and_password() -> None:
+    url = "rediss://managed.example.com:6380/0"
+    external = rendered(
+        sets=(
+            "redis.enabled=false",
+            f"externalRedis.url={url}",
+            "externalRedis.existingSecret=managed-redis",
+            "externalRedis.existingSecretPasswordKey=password",
+        )
+    )
+    bundled = rendered()
+    assert not external.of_kind("StatefulSet")
+    assert not any(o["metadata"]["name"].endswith("-redis") for o in external.objects)
+    env = _env(external, container(external.get("Deployment", "tasks")))
+    assert env["TASKS_REDIS_URL"] == url
+    assert env["TASKS_REDIS_PASSWORD"] == EXISTING_SECRETS["managed-redis"]["password"]
+    for kind, name in [
+        ("Deployment", "tasks"),
+        ("CronJob", "tasks-cleanup"),
+        ("Job", "tasks-migrate"),
+    ]:
+        a, b = (
+            json.loads(json.dumps(external.get(kind, name))),
+            json.loads(json.dumps(bundled.get(kind, name))),
+        )
+        for obj in (a, b):
+            c = container(obj)
+            c.pop("env", None)
+            pod = pod_spec(obj)
+            pod["containers"] = [c]  # type: ignore[index]
+            obj["_pod"] = pod
+            obj.pop("spec")
+            obj["_pod"].pop("annotations", None)
+        ma, mb = a.pop("_pod"), b.pop("_pod")
+        assert ma == mb, f"{kind}/{name} differs beyond the Redis env"
+    config_a = external.get("ConfigMap", "tasks")["data"]
+    config_b = bundled.get("ConfigMap", "tasks")["data"]
+    assert {k for k in config_a if config_a[k] != config_b[k]} == {"TASKS_REDIS_URL"}
+
+
+# --- NetworkPolicy ------------------------------------------------------------------------------
+
+
+def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> None:
+    r = rendered()
+    api_policy = r.get("NetworkPolicy", "tasks")
+    api_labels = r.pod_template_meta(r.get("Deployment", "tasks"))["labels"]
+    assert matches(api_policy["spec"]["podSelector"]["matchLabels"], api_labels)
+    (rule,) = api_policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+    redis_policy = r.get("NetworkPolicy", "tasks-redis")
+    redis_labels = r.pod_template_meta(r.get("StatefulSet", "tasks-redis"))["labels"]
+    assert matches(redis_policy["spec"]["podSelector"]["matchLabels"], redis_labels)
+    assert redis_policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = redis_policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert set(peer) == {"podSelector"}  # same namespace only
+    clients = {
+        r.pod_template_meta(o)["labels"].get("app.kubernetes.io/component")
+        for o, _ in r.pod_templates()
+        if matches(peer["podSelector"]["matchLabels"], r.pod_template_meta(o)["labels"])
+    }
+    assert clients == {"api", "cleanup", "migrate"}
+
+
+def test_production_restricts_api_ingress_sources() -> None:
+    r = rendered("production-values.yaml")
+    (rule,) = r.get("NetworkPolicy", "tasks")["spec"]["ingress"]
+    assert len(rule["from"]) == 3
+    # `helm test` still reaches the API: its pod is an allowed peer.
+    (test_pod,) = r.of_kind("Pod")
+    test_labels = test_pod["metadata"]["labels"]
+    assert any(
+        matches(p.get("podSelector", {}).get("matchLabels", {"-": "-"}), test_labels)
+        for p in rule["from"]
+    )
+    assert not rendered("dev-values.yaml").of_kind("NetworkPolicy")
+
+
+# --- the Redis subchart ------------------------------------------------------------------------
+
+
+def test_redis_statefulset_authenticates_its_probes_and_persists() -> None:
+    r = rendered()
+    statefulset = r.get("StatefulSet", "tasks-redis")
+    c = container(statefulset)
+    assert c["image"] == "docker.io/library/redis:8.2.2-alpine"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+    assert env["REDISCLI_AUTH"] == {"name": "tasks-redis", "key": "redis-password"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = " ".join(c[probe]["exec"]["command"])
+        assert "redis-cli" in command and "PONG" in command
+    assert "requirepass" in c["args"][0] and "$REDIS_PASSWORD" in c["args"][0]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    # Persistence off: an emptyDir instead, no claim.
+    dev = rendered("dev-values.yaml").get("StatefulSet", "todo-store")
+    assert "volumeClaimTemplates" not in dev["spec"]
+    assert {"name": "data", "emptyDir": {}} in pod_spec(dev)["volumes"]  # type: ignore[index]
+    assert container(dev)["env"][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "dev-redis",
+        "key": "pw",
+    }
+    assert rendered("dev-values.yaml").find("Secret", "todo-store") is None
+
+
+def test_redis_auth_can_be_turned_off() -> None:
+    r = rendered(sets=("redis.auth.enabled=false",))
+    assert r.find("Secret", "tasks-redis") is None
+    assert "env" not in container(r.get("StatefulSet", "tasks-redis"))
+    assert "TASKS_REDIS_PASSWORD" not in _env(r, container(r.get("Deployment", "tasks")))
+    assert "protected-mode no" in r.get("ConfigMap", "tasks-redis")["data"]["redis.conf"]
