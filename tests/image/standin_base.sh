@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Build a local stand-in for the official `python:3.11-slim-bookworm` image, with no registry:
+# Debian bookworm via debootstrap (Debian's python3 3.11), imported into buildah's store.
+#
+# It gives the Dockerfile what it relies on in the official image: `python` on PATH (python → python3),
+# `python -m venv` with pip, useradd/groupadd (passwd), ca-certificates, PATH with /usr/sbin.
+# Idempotent: does nothing when the tag exists; reuses a finished debootstrap in the cache dir.
+#
+#   tests/image/standin_base.sh [TAG]        (root; needs debootstrap and buildah)
+#
+# Env: STANDIN_CACHE (default .cache/image), DEBIAN_MIRROR (default: the host's apt mirror),
+#      STORAGE_DRIVER (default vfs).
+set -euo pipefail
+
+TAG=${1:-localhost/tasks-base-python:3.11-stand-in}
+ROOT_DIR=$(cd "$(dirname "$0")/../.." && pwd)
+CACHE=${STANDIN_CACHE:-$ROOT_DIR/.cache/image}
+ROOTFS=$CACHE/rootfs
+SUITE=bookworm
+PACKAGES=python3,python3-venv,python-is-python3,passwd,ca-certificates,netbase,tzdata
+buildah() { command buildah --storage-driver "${STORAGE_DRIVER:-vfs}" "$@"; }
+
+have_tag() { buildah images --quiet "$TAG" >/dev/null 2>&1; }
+if have_tag; then
+  echo "stand-in base: $TAG already in the store"
+  exit 0
+fi
+[ "$(id -u)" = 0 ] || { echo "standin_base.sh: debootstrap and buildah mount need root" >&2; exit 1; }
+
+# One builder at a time (parallel test sessions share the cache dir and the tag).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9
+if have_tag; then
+  echo "stand-in base: $TAG made meanwhile by another run"
+  exit 0
+fi
+
+host_mirror() {
+  # The Debian mirror apt already uses on this machine (deb822 or one-line sources).
+  local uri
+  uri=$(grep -hsE '^\s*(URIs:|deb\s)' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list \
+          /etc/apt/sources.list | grep -oE 'https?://[^ ]+/debian/?$' | head -n1 || true)
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+
+if [ ! -e "$ROOTFS/.stand-in-complete" ]; then
+  mirror=${DEBIAN_MIRROR:-$(host_mirror)}
+  echo "stand-in base: debootstrap $SUITE from $mirror into $ROOTFS"
+  rm -rf "$ROOTFS"
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$mirror" \
+    >"$CACHE/debootstrap.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap.log" >&2; exit 1; }
+  # Slim like debian:bookworm-slim: no package caches, lists, docs, man pages or locales.
+  rm -rf "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/cache/apt/archives/*.deb \
+         "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/* \
+         "$ROOTFS"/usr/share/doc/* "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* \
+         "$ROOTFS"/usr/share/locale/*
+  # Containers get /dev, /proc and /sys from the runtime, and DNS config from the host.
+  rm -rf "${ROOTFS:?}"/dev/* "$ROOTFS"/etc/resolv.conf "$ROOTFS"/etc/hostname
+  touch "$ROOTFS/.stand-in-complete"
+fi
+
+ctr=$(buildah from scratch)
+trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+mnt=$(buildah mount "$ctr")
+tar -C "$ROOTFS" --exclude=./.stand-in-complete --numeric-owner -cf - . | tar -C "$mnt" --numeric-owner -xpf -
+buildah umount "$ctr" >/dev/null
+buildah config \
+  --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  --env LANG=C.UTF-8 \
+  --cmd python3 \
+  --label org.opencontainers.image.description="Local stand-in for python:3.11-slim-bookworm (Debian python3)" \
+  "$ctr"
+buildah commit --quiet --rm "$ctr" "$TAG" >/dev/null
+trap - EXIT
+echo "stand-in base: committed $TAG"
