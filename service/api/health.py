@@ -9,6 +9,7 @@ from service.api.deps import LifecycleDep, MetricsDep, SettingsDep, StoreDep
 from service.api.problems import problem
 from service.errors import StoreUnavailable
 from service.observability.metrics import CONTENT_TYPE
+from service.store.base import LAYOUT_VERSION, LayoutMismatch
 
 router = APIRouter(tags=["operations"])
 
@@ -18,7 +19,9 @@ async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@router.get("/readyz", summary="Ready for traffic: store reachable and not draining")
+@router.get(
+    "/readyz", summary="Ready for traffic: store reachable, its data layout ours, not draining"
+)
 async def readyz(store: StoreDep, lifecycle: LifecycleDep) -> JSONResponse:
     if lifecycle.draining:
         return problem(
@@ -32,6 +35,15 @@ async def readyz(store: StoreDep, lifecycle: LifecycleDep) -> JSONResponse:
             title="Not ready",
             detail=f"store unreachable ({exc})",
             checks={"draining": False, "store": "unreachable"},
+        )
+    except LayoutMismatch as exc:
+        # A rolled-back pod meets a newer layout (or a new one an unmigrated store): no traffic.
+        return problem(
+            503,
+            title="Not ready",
+            detail=str(exc),
+            checks={"draining": False, "store": "layout-mismatch"},
+            layout={"stored": exc.stored, "understood": LAYOUT_VERSION},
         )
     return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
 

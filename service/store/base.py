@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from service.domain import Page, Status, Task
+from service.errors import ProblemError
+
+# Batch return types, named at module level (inside the protocol, `list` is a method).
+IdList = list[str]
+TaskList = list[Task]
 
 LAYOUT_VERSION = 1
 """Version of the data layout a store writes (Redis: `<prefix>meta:layout`); migrations bump it."""
+
+
+class LayoutMismatch(ProblemError):
+    """The stored data layout is not the one this build reads and writes: the store refuses
+    writes and readiness fails until `python -m jobs migrate` (older) or a newer build (newer)."""
+
+    status, title, slug = 503, "Data layout mismatch", "layout-mismatch"
+
+    def __init__(self, stored: int) -> None:
+        if stored > LAYOUT_VERSION:
+            why = f"data layout {stored} is newer than this build understands ({LAYOUT_VERSION})"
+        else:
+            why = (
+                f"data layout {stored} is older than this build ({LAYOUT_VERSION}): "
+                "run `python -m jobs migrate`"
+            )
+        super().__init__(why)
+        self.stored = stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +59,8 @@ class TaskStore(Protocol):
     """
 
     async def ping(self) -> None:
-        """Return when the store answers (and its data layout is in place)."""
+        """Return when the store answers and its data layout is this build's (an empty store
+        gets it recorded); raise `LayoutMismatch` when the stored layout is another version."""
 
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
@@ -61,3 +85,36 @@ class TaskStore(Protocol):
 
     async def delete(self, task_id: str) -> None:
         """Remove the task, or raise `TaskNotFound`."""
+
+    # --- for the admin jobs: batches, conditional deletes, upserts, layout, locks ------------
+
+    async def scan_ids(self, *, status: Status | None, after: str | None, limit: int) -> IdList:
+        """Up to `limit` ids above `after` (from the start when None), in id order: a keyset
+        walk that is stable while tasks are deleted or added behind the cursor."""
+
+    async def get_many(self, task_ids: Sequence[str]) -> TaskList:
+        """The tasks with these ids, in that order; absent ids are skipped."""
+
+    async def delete_unchanged(self, tasks: Sequence[Task]) -> IdList:
+        """Delete each task only if it is stored as given (same status, updated_at and
+        completed_at: every change moves updated_at), atomically per task; the ids deleted."""
+
+    async def put_many(self, tasks: Sequence[Task]) -> None:
+        """Upsert the tasks exactly as given (every field kept, indexes consistent), as one
+        atomic batch."""
+
+    async def layout_version(self) -> int | None:
+        """The stored data layout version: None for an empty store that has none recorded,
+        0 for data written before layouts were versioned."""
+
+    async def set_layout_version(self, version: int) -> None:
+        """Record the data layout version (migrations call this after each step)."""
+
+    async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
+        """Take the named lock for `ttl_seconds`: its token, or None when someone holds it."""
+
+    async def renew_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
+        """Extend a held lock; False when it expired or someone else holds it now."""
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        """Release the lock if `token` still holds it; False otherwise."""

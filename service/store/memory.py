@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-from bisect import bisect_left, insort
-from collections.abc import Callable
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Sequence
 
 from service.domain import Page, Status, Task
 from service.errors import IdempotencyKeyReused, TaskNotFound
-from service.store.base import Created, Idempotency
+from service.store.base import LAYOUT_VERSION, Created, Idempotency, IdList, TaskList
 
 Ids = list[str]  # sorted task ids
 
@@ -21,6 +22,8 @@ class MemoryTaskStore:
         # Sorted ids, for all tasks (key None) and per status.
         self._index: dict[Status | None, Ids] = {None: [], **{s: [] for s in Status}}
         self._idempotency: dict[str, tuple[float, str, Task]] = {}
+        self._layout = LAYOUT_VERSION
+        self._locks: dict[str, tuple[float, str]] = {}  # name -> (expires, token)
 
     async def ping(self) -> None:
         return None
@@ -80,6 +83,61 @@ class MemoryTaskStore:
         self._remove(self._index[None], task_id)
         self._remove(self._index[task.status], task_id)
 
+    # --- for the admin jobs (parity with Redis; the jobs themselves refuse this store) -------
+
+    async def scan_ids(self, *, status: Status | None, after: str | None, limit: int) -> IdList:
+        ids = self._index[status]
+        start = bisect_right(ids, after) if after is not None else 0
+        return ids[start : start + limit]
+
+    async def get_many(self, task_ids: Sequence[str]) -> TaskList:
+        return [self._tasks[i] for i in task_ids if i in self._tasks]
+
+    async def delete_unchanged(self, tasks: Sequence[Task]) -> IdList:
+        deleted = []
+        for task in tasks:
+            current = self._tasks.get(task.id)
+            if current is not None and _version(current) == _version(task):
+                await self.delete(task.id)
+                deleted.append(task.id)
+        return deleted
+
+    async def put_many(self, tasks: Sequence[Task]) -> None:
+        for task in tasks:
+            if task.id in self._tasks:
+                await self.delete(task.id)
+            await self.create(task)
+
+    async def layout_version(self) -> int | None:
+        return self._layout
+
+    async def set_layout_version(self, version: int) -> None:
+        self._layout = version
+
+    async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
+        now = time.monotonic()
+        held = self._locks.get(name)
+        if held is not None and held[0] > now:
+            return None
+        token = secrets.token_hex(16)
+        self._locks[name] = (now + ttl_seconds, token)
+        return token
+
+    async def renew_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
+        now = time.monotonic()
+        held = self._locks.get(name)
+        if held is None or held[0] <= now or held[1] != token:
+            return False
+        self._locks[name] = (now + ttl_seconds, token)
+        return True
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        held = self._locks.get(name)
+        if held is None or held[0] <= time.monotonic() or held[1] != token:
+            return False
+        del self._locks[name]
+        return True
+
     def _forget_expired(self, now: float) -> None:
         # Insertion order is (nearly) expiry order: drop expired keys from the front.
         for key, (expires, _, _) in list(self._idempotency.items()):
@@ -92,3 +150,8 @@ class MemoryTaskStore:
         position = bisect_left(ids, task_id)
         if position < len(ids) and ids[position] == task_id:
             del ids[position]
+
+
+def _version(task: Task) -> tuple[object, ...]:
+    """What `delete_unchanged` compares: every change moves updated_at."""
+    return (task.status, task.updated_at, task.completed_at)

@@ -7,16 +7,24 @@ Key space (every key starts with the configured prefix, default `tasks:`):
     <prefix>index:all               sorted set of ids, all scores 0, so ordered by id = by creation
     <prefix>index:status:<status>   the same, per status
     <prefix>idempotency:<sha256>    "<body fingerprint>\\n<task json>", expiring after the TTL
+    <prefix>lock:<name>             a job's lock: a random token, expiring (SET NX PX)
 
 Multi-key changes run in MULTI/EXEC; read-modify-write (PATCH) WATCHes the task key.
 Listing reads one index range and then only the hashes of that page.
+
+Layout guard: the layout version is checked on every ping and, at most a second stale, before
+every write. An empty database gets LAYOUT_VERSION recorded; any other version than this build's
+raises `LayoutMismatch`, so a rolled-back pod never writes a layout it does not know.
+Older layouts and the migrations that upgrade them are in `service.store.migrations`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -33,9 +41,17 @@ from redis.exceptions import (
 
 from service.domain import Page, Status, Task
 from service.errors import IdempotencyKeyReused, StoreUnavailable, TaskNotFound
-from service.store.base import LAYOUT_VERSION, Created, Idempotency
+from service.store.base import (
+    LAYOUT_VERSION,
+    Created,
+    Idempotency,
+    IdList,
+    LayoutMismatch,
+    TaskList,
+)
 
 T = TypeVar("T")
+_Rows = list[dict[str, str]]
 
 # What an unreachable, slow, restarting or failing-over Redis looks like: answer 503, not 500.
 _UNAVAILABLE = (
@@ -79,6 +95,71 @@ class RedisKeys:
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
 
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
+
+    def indexes(self) -> list[str]:
+        """The id index and every status index (a delete removes the id from all of them)."""
+        return [self.all, *(self.status(s) for s in Status)]
+
+
+# Redis-side checks that must be atomic with the write they guard.
+_DELETE_UNCHANGED = """
+local n = #KEYS - 4
+local deleted = {}
+for i = 1, n do
+  local base = (i - 1) * 4
+  local current = redis.call('HMGET', KEYS[4 + i], 'status', 'updated_at', 'completed_at')
+  if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
+      and current[3] == ARGV[base + 4] then
+    redis.call('DEL', KEYS[4 + i])
+    for k = 1, 4 do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
+    deleted[#deleted + 1] = ARGV[base + 1]
+  end
+end
+return deleted
+"""
+_FIELDS = tuple(Task.model_fields)
+assert _FIELDS[0] == "id"
+# ARGV per task: its status index's position in KEYS (2-4), then the fields in _FIELDS order
+# (id first).
+_LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
+_PUT = (
+    _LUA_FIELD_NAMES
+    + """
+local width = 1 + #names
+for i = 1, #KEYS - 4 do
+  local base = (i - 1) * width
+  local id = ARGV[base + 2]
+  local fields = {}
+  for f = 1, #names do
+    fields[2 * f - 1] = names[f]
+    fields[2 * f] = ARGV[base + 1 + f]
+  end
+  redis.call('DEL', KEYS[4 + i])
+  redis.call('HSET', KEYS[4 + i], unpack(fields))
+  redis.call('ZADD', KEYS[1], 0, id)
+  for k = 2, 4 do
+    if k == tonumber(ARGV[base + 1]) then
+      redis.call('ZADD', KEYS[k], 0, id)
+    else
+      redis.call('ZREM', KEYS[k], id)
+    end
+  end
+end
+return #KEYS - 4
+"""
+)
+_RENEW_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_LAYOUT_RECHECK_SECONDS = 1.0
+
 
 def _to_hash(task: Task) -> dict[Any, str]:
     fields = task.model_dump(mode="json")
@@ -95,7 +176,20 @@ class RedisTaskStore:
         self._redis = client
         self._keys = RedisKeys(prefix)
         self._timeout = timeout
-        self._layout_checked = False
+        self._layout_checked_at: float | None = None
+        self._delete_unchanged = client.register_script(_DELETE_UNCHANGED)
+        self._put = client.register_script(_PUT)
+        self._renew_lock = client.register_script(_RENEW_LOCK)
+        self._release_lock = client.register_script(_RELEASE_LOCK)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client (for migrations, which know older layouts)."""
+        return self._redis
+
+    @property
+    def keys(self) -> RedisKeys:
+        return self._keys
 
     async def _bounded(self, operation: Awaitable[T]) -> T:
         """Run one store operation within the timeout; an outage becomes StoreUnavailable."""
@@ -109,12 +203,40 @@ class RedisTaskStore:
         await self._bounded(self._ping())
 
     async def _ping(self) -> None:
-        if self._layout_checked:
-            await self._redis.ping()
-        else:
-            # First successful contact: record the layout version if this is a fresh database.
+        await self._check_layout()
+
+    async def _check_layout(self) -> None:
+        """Raise LayoutMismatch unless the stored layout is this build's; record it when the
+        database is empty."""
+        stored = await self._layout_version()
+        if stored is None:
             await self._redis.set(self._keys.layout, LAYOUT_VERSION, nx=True)
-            self._layout_checked = True
+            stored = await self._layout_version()
+        self._layout_checked_at = None
+        if stored != LAYOUT_VERSION:
+            raise LayoutMismatch(stored or 0)
+        self._layout_checked_at = time.monotonic()
+
+    async def _guard_write(self) -> None:
+        """Before a write: the layout check, unless one passed within the last second."""
+        checked = self._layout_checked_at
+        if checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS:
+            await self._check_layout()
+
+    async def layout_version(self) -> int | None:
+        return await self._bounded(self._layout_version())
+
+    async def _layout_version(self) -> int | None:
+        from service.store.migrations import legacy_data_present
+
+        stored = cast(str | None, await self._redis.get(self._keys.layout))
+        if stored is not None:
+            return int(stored)
+        return 0 if await legacy_data_present(self) else None
+
+    async def set_layout_version(self, version: int) -> None:
+        await self._bounded(self._redis.set(self._keys.layout, version))
+        self._layout_checked_at = None
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)
@@ -123,6 +245,7 @@ class RedisTaskStore:
         return await self._bounded(self._create(task, idempotency))
 
     async def _create(self, task: Task, idempotency: Idempotency | None) -> Created:
+        await self._guard_write()
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -183,6 +306,7 @@ class RedisTaskStore:
         return await self._bounded(self._update(task_id, change))
 
     async def _update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+        await self._guard_write()
         key = self._keys.task(task_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
@@ -206,11 +330,81 @@ class RedisTaskStore:
                     continue  # written concurrently: re-read and re-apply
 
     async def delete(self, task_id: str) -> None:
+        await self._bounded(self._delete(task_id))
+
+    async def _delete(self, task_id: str) -> None:
+        await self._guard_write()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._keys.task(task_id))
-            pipe.zrem(self._keys.all, task_id)
-            for status in Status:
-                pipe.zrem(self._keys.status(status), task_id)
-            deleted, *_ = await self._bounded(pipe.execute())
+            for index in self._keys.indexes():
+                pipe.zrem(index, task_id)
+            deleted, *_ = await pipe.execute()
         if not deleted:
             raise TaskNotFound()
+
+    # --- for the admin jobs ---------------------------------------------------------------
+
+    async def scan_ids(self, *, status: Status | None, after: str | None, limit: int) -> IdList:
+        index = self._keys.all if status is None else self._keys.status(status)
+        lower = "-" if after is None else f"({after}"
+        call = self._redis.zrangebylex(index, lower, "+", start=0, num=limit)
+        return cast(IdList, await self._bounded(call))
+
+    async def get_many(self, task_ids: Sequence[str]) -> TaskList:
+        if not task_ids:
+            return []
+        return await self._bounded(self._get_many(task_ids))
+
+    async def _get_many(self, task_ids: Sequence[str]) -> TaskList:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self._keys.task(task_id))
+            rows: _Rows = await pipe.execute()
+        return [_from_hash(row) for row in rows if row]
+
+    async def delete_unchanged(self, tasks: Sequence[Task]) -> IdList:
+        if not tasks:
+            return []
+        return await self._bounded(self._delete_unchanged_batch(tasks))
+
+    async def _delete_unchanged_batch(self, tasks: Sequence[Task]) -> IdList:
+        await self._guard_write()
+        keys = [*self._keys.indexes(), *(self._keys.task(t.id) for t in tasks)]
+        args: list[str] = []
+        for task in tasks:
+            fields = _to_hash(task)
+            args += [task.id, fields["status"], fields["updated_at"], fields["completed_at"]]
+        deleted = await self._delete_unchanged(keys=keys, args=args)
+        return cast(IdList, deleted)
+
+    async def put_many(self, tasks: Sequence[Task]) -> None:
+        if tasks:
+            await self._bounded(self._put_many(tasks))
+
+    async def _put_many(self, tasks: Sequence[Task]) -> None:
+        await self._guard_write()
+        indexes = self._keys.indexes()  # all, then one per status in Status order
+        position = {status: indexes.index(self._keys.status(status)) + 1 for status in Status}
+        keys, args = list(indexes), list[str | int]()
+        for task in tasks:
+            fields = _to_hash(task)
+            keys.append(self._keys.task(task.id))
+            args += [position[task.status], *(fields[name] for name in _FIELDS)]
+        await self._put(keys=keys, args=args)  # one script: the batch is atomic
+
+    async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
+        token = secrets.token_hex(16)
+        call = self._redis.set(self._keys.lock(name), token, nx=True, px=_ms(ttl_seconds))
+        return token if await self._bounded(call) else None
+
+    async def renew_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
+        call = self._renew_lock(keys=[self._keys.lock(name)], args=[token, _ms(ttl_seconds)])
+        return bool(await self._bounded(call))
+
+    async def release_lock(self, name: str, token: str) -> bool:
+        call = self._release_lock(keys=[self._keys.lock(name)], args=[token])
+        return bool(await self._bounded(call))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))

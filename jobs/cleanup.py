@@ -1,0 +1,124 @@
+"""`python -m jobs cleanup`: delete done tasks completed longer ago than the retention.
+
+Walks the `done` index in keyset batches (memory stays flat however many tasks there are),
+deletes a task only if it is still exactly as read (a task re-opened or edited meanwhile
+survives), and holds an expiring lock so that two runs never both act.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from contextlib import suppress
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from jobs.runtime import Command, JobFailed, Summary, positive_int, shared_store
+from service.domain import Status, utcnow
+from service.errors import StoreUnavailable
+from service.settings import Settings
+from service.store import TaskStore
+
+log = logging.getLogger("tasks.jobs.cleanup")
+
+LOCK = "cleanup"
+LOCK_TTL_SECONDS = 60.0  # renewed after every batch; a crashed run frees it after this long
+BATCH = 500
+
+
+@dataclass(slots=True)
+class Counts:
+    scanned: int = 0  # done tasks looked at
+    expired: int = 0  # of those, completed before the cutoff
+    deleted: int = 0
+    changed: int = 0  # expired when read, modified before the delete: kept
+    batches: int = 0
+
+
+async def purge(
+    store: TaskStore,
+    *,
+    cutoff: datetime,
+    batch: int = BATCH,
+    dry_run: bool = False,
+    lock_token: str | None = None,
+) -> Counts:
+    """Delete the done tasks completed before `cutoff`, one bounded batch at a time."""
+    counts = Counts()
+    after: str | None = None
+    while ids := await store.scan_ids(status=Status.done, after=after, limit=batch):
+        after = ids[-1]
+        tasks = await store.get_many(ids)
+        expired = [
+            t
+            for t in tasks
+            if t.status is Status.done and t.completed_at is not None and t.completed_at < cutoff
+        ]
+        counts.batches += 1
+        counts.scanned += len(tasks)
+        counts.expired += len(expired)
+        if not dry_run and expired:
+            deleted = len(await store.delete_unchanged(expired))
+            counts.deleted += deleted
+            counts.changed += len(expired) - deleted
+        log.debug("batch", extra=asdict(counts))
+        if lock_token is not None and not await store.renew_lock(
+            LOCK, lock_token, LOCK_TTL_SECONDS
+        ):
+            raise JobFailed("lost the cleanup lock (it expired)", _summary(counts, dry_run))
+    return counts
+
+
+def _summary(counts: Counts, dry_run: bool) -> Summary:
+    return {"dry_run": dry_run, **asdict(counts)}
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> Summary:
+    retention = settings.cleanup_retention
+    cutoff = utcnow() - retention
+    facts: Summary = {"retention_seconds": int(retention.total_seconds())}
+    async with shared_store(settings) as store:
+        await store.ping()  # reachable, and a data layout this build knows
+        token = await store.acquire_lock(LOCK, LOCK_TTL_SECONDS)
+        if token is None:
+            log.info("another cleanup holds the lock: nothing to do")
+            return {"skipped": "locked", **facts, **_summary(Counts(), args.dry_run)}
+        log.info("cleanup started", extra={"cutoff": cutoff.isoformat(), "dry_run": args.dry_run})
+        try:
+            counts = await purge(
+                store, cutoff=cutoff, batch=args.batch_size, dry_run=args.dry_run, lock_token=token
+            )
+        finally:
+            with suppress(StoreUnavailable):
+                await store.release_lock(LOCK, token)
+    log.info("cleanup done", extra=asdict(counts))
+    return {**facts, **_summary(counts, args.dry_run)}
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="delete done tasks completed longer ago than this: <n>s|m|h|d "
+        "(default: TASKS_CLEANUP_RETENTION)",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=BATCH, help=f"tasks per batch ({BATCH})"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    # The flag goes through the settings field's own parser.
+    return {} if args.retention is None else {"cleanup_retention": args.retention}
+
+
+COMMAND = Command(
+    name="cleanup",
+    help="delete done tasks older than the retention, in batches, under a lock",
+    add_arguments=_arguments,
+    run=run,
+    overrides=_overrides,
+    flag_of={"cleanup_retention": "--retention"},
+)

@@ -1,0 +1,197 @@
+"""The store operations the admin jobs build on, on both stores, and the data layout guard."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task
+from service.store import TaskStore, open_store
+from service.store.base import LAYOUT_VERSION, LayoutMismatch
+
+T = TypeVar("T")
+NOW = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def with_store(settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:  # type: ignore[no-untyped-def]
+    async def run() -> T:
+        store = open_store(settings)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def task(title: str = "t", status: Status = Status.todo, at: datetime = NOW) -> Task:
+    return new_task(TaskCreate(title=title, status=status), now=at)
+
+
+@pytest.mark.factor("XII", "X")
+def test_scan_ids_walks_an_index_in_id_order_in_bounded_batches(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    tasks = [task(str(i), Status.done if i % 3 == 0 else Status.todo) for i in range(25)]
+
+    async def walk(store: TaskStore) -> tuple[list[list[str]], list[str]]:
+        await store.put_many(tasks)
+        batches, after = [], None
+        while ids := await store.scan_ids(status=None, after=after, limit=10):
+            batches.append(ids)
+            after = ids[-1]
+            if len(batches) == 1:  # deleting behind the cursor changes nothing ahead of it
+                await store.delete(ids[0])
+        done = await store.scan_ids(status=Status.done, after=None, limit=100)
+        return batches, done
+
+    batches, done = with_store(make_settings(store_kind), walk)
+    assert [len(b) for b in batches] == [10, 10, 5]
+    assert [i for b in batches for i in b] == sorted(t.id for t in tasks)
+    first = min(t.id for t in tasks)  # the one deleted mid-walk
+    assert done == sorted(t.id for t in tasks if t.status is Status.done and t.id != first)
+
+
+@pytest.mark.factor("XII", "X")
+def test_put_many_upserts_every_field_and_moves_the_status_index(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    original = task("first")
+    moved = original.model_copy(
+        update={"title": "moved", "status": Status.done, "completed_at": NOW + timedelta(1)}
+    )
+    other = task("other", Status.in_progress, NOW.replace(microsecond=0))
+
+    async def scenario(store: TaskStore) -> tuple[list[Task], list[str], list[str]]:
+        await store.put_many([original, other])
+        await store.put_many([moved])
+        got = await store.get_many([moved.id, "absent", other.id])
+        todo = await store.scan_ids(status=Status.todo, after=None, limit=10)
+        done = await store.scan_ids(status=Status.done, after=None, limit=10)
+        return got, todo, done
+
+    got, todo, done = with_store(make_settings(store_kind), scenario)
+    assert got == [moved, other]  # every field, timestamps included; absent ids skipped
+    assert todo == [] and done == [moved.id]
+
+
+@pytest.mark.factor("XII", "VIII", "X")
+def test_delete_unchanged_keeps_a_task_modified_since_it_was_read(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    old = [task(str(i), Status.done, NOW - timedelta(days=30)) for i in range(3)]
+
+    async def scenario(store: TaskStore) -> tuple[list[str], list[Task]]:
+        await store.put_many(old)
+        read = await store.get_many([t.id for t in old])
+        # Meanwhile: one is re-opened, one is edited (still done), one is deleted.
+        await store.update(old[0].id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
+        await store.update(old[1].id, lambda t: apply_patch(t, TaskPatch(title="edited")))
+        await store.delete(old[2].id)
+        deleted = await store.delete_unchanged(read)
+        return deleted, await store.get_many([t.id for t in old])
+
+    deleted, left = with_store(make_settings(store_kind), scenario)
+    assert deleted == []
+    assert [t.title for t in left] == ["0", "edited"]
+    assert left[0].status is Status.todo
+
+    async def unchanged(store: TaskStore) -> tuple[list[str], list[str], list[str]]:
+        fresh = [task("a", Status.done), task("b", Status.done)]
+        await store.put_many(fresh)
+        deleted = await store.delete_unchanged(await store.get_many([t.id for t in fresh]))
+        everything = await store.scan_ids(status=None, after=None, limit=10)
+        return deleted, [t.id for t in fresh], everything
+
+    deleted, ids, everything = with_store(make_settings(store_kind), unchanged)
+    assert deleted == ids and not set(ids) & set(everything)
+
+
+@pytest.mark.factor("XII", "VIII", "X")
+def test_a_lock_is_held_by_one_token_until_released_or_expired(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(store: TaskStore) -> None:
+        token = await store.acquire_lock("job", 10)
+        assert token is not None
+        assert await store.acquire_lock("job", 10) is None
+        assert await store.acquire_lock("other-job", 10) is not None
+        assert not await store.release_lock("job", "not-the-token")
+        assert await store.renew_lock("job", token, 0.05)
+        await asyncio.sleep(0.1)  # let the lock's own expiry pass
+        assert not await store.renew_lock("job", token, 10)
+        second = await store.acquire_lock("job", 10)
+        assert second is not None and second != token
+        assert not await store.release_lock("job", token)
+        assert await store.release_lock("job", second)
+        assert await store.acquire_lock("job", 10) is not None
+
+    with_store(make_settings(store_kind), scenario)
+
+
+@pytest.mark.factor("XII", "X")
+def test_the_layout_version_is_recorded_on_first_contact(store_kind: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(store: TaskStore) -> tuple[int | None, int | None]:
+        before = await store.layout_version()
+        await store.ping()
+        return before, await store.layout_version()
+
+    before, after = with_store(make_settings(store_kind), scenario)
+    assert before == (None if store_kind == "redis" else LAYOUT_VERSION)
+    assert after == LAYOUT_VERSION
+
+
+# --- the layout guard (Redis: the layout is shared with other builds) ------------------------
+
+
+@pytest.mark.factor("XII", "IX")
+def test_a_newer_stored_layout_fails_readiness_and_refuses_writes(
+    make_settings, redis_server
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings("redis")
+    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        created = client.post("/v1/tasks", json={"title": "before the upgrade"})
+        assert created.status_code == 201
+        # A newer build migrated the data; this (rolled-back) pod must step aside.
+        plain.set(f"{settings.redis_key_prefix}meta:layout", LAYOUT_VERSION + 1)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["detail"] == (
+            f"data layout {LAYOUT_VERSION + 1} is newer than this build understands "
+            f"({LAYOUT_VERSION})"
+        )
+        assert ready.json()["checks"]["store"] == "layout-mismatch"
+        for response in (
+            client.post("/v1/tasks", json={"title": "x"}),
+            client.patch(created.headers["location"], json={"title": "y"}),
+            client.delete(created.headers["location"]),
+        ):
+            assert response.status_code == 503
+            assert "newer than this build" in response.json()["detail"]
+        # Reading the old task still works; nothing was written.
+        assert client.get(created.headers["location"]).json()["title"] == "before the upgrade"
+        assert plain.get(f"{settings.redis_key_prefix}meta:layout") == str(LAYOUT_VERSION + 1)
+
+
+@pytest.mark.factor("XII")
+def test_a_write_notices_a_layout_change_within_a_second(make_settings, redis_server) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings("redis")
+    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+    async def scenario(store: TaskStore) -> None:
+        await store.create(task("first"))
+        plain.set(f"{settings.redis_key_prefix}meta:layout", LAYOUT_VERSION + 1)
+        await asyncio.sleep(1.1)
+        with pytest.raises(LayoutMismatch):
+            await store.create(task("second"))
+
+    with_store(settings, scenario)
