@@ -18,8 +18,9 @@ ACTIONLINT_VERSION := v1.7.12
 HELM_K8S_MINOR     := 36
 
 # Debian packages the test suite needs: a real Redis, wrk for bench/, buildah + debootstrap for
-# the image tests.
-APT_PACKAGES := redis-server wrk buildah debootstrap openssl
+# the image tests, shellcheck for actionlint's run: checks, openssl for the control plane's certs.
+APT_PACKAGES := redis-server wrk buildah debootstrap openssl shellcheck time
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help
 help: ## list targets
@@ -49,7 +50,7 @@ system-deps: ## apt-get install what the tests need, when missing
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # --- pinned tools in .tools/bin ---
@@ -93,10 +94,13 @@ test: venv system-deps tools ## install what the tests need and run them (real R
 	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: venv ## ruff and mypy --strict
+lint: venv tools system-deps ## ruff, mypy --strict, hadolint, actionlint, helm lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
+	$(BIN)/actionlint
+	$(BIN)/helm lint --strict deploy/helm/tasks
 
 .PHONY: fmt
 fmt: venv ## format the code
@@ -110,3 +114,68 @@ bench: venv system-deps ## load and startup benchmarks (prints figures, never fa
 .PHONY: clean
 clean: ## remove caches (keeps .tools)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
+
+# --- container image (rung 3) ---
+IMAGE        ?= localhost/tasks:dev
+# Empty: the Dockerfile's default (python:3.11-slim-bookworm). Offline: BASE_IMAGE=$(STANDIN_BASE).
+BASE_IMAGE   ?=
+STANDIN_BASE := localhost/tasks-base-python:3.11-stand-in
+
+.PHONY: image
+image: ## build $(IMAGE): docker when a daemon answers, else buildah (BASE_IMAGE=, VERSION=, CA_FILE=)
+	BASE_IMAGE="$(BASE_IMAGE)" bash tests/image/build.sh $(IMAGE)
+
+.PHONY: image-base
+image-base: system-deps ## local stand-in for python:3.11-slim-bookworm (debootstrap + buildah, cached; root)
+	bash tests/image/standin_base.sh $(STANDIN_BASE)
+
+# --- cluster (rung 4) ---
+# A real Kubernetes control plane for the e2e tests, built from the Go module proxy: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler (one multi-call binary `kube`, which is also the pinned kubectl)
+# and kwok for fake nodes. Pins live in the wrapper modules' go.mod files (tests/e2e/controlplane/);
+# tests/e2e/cluster.py runs them on 127.0.0.1 with state in .cache/cluster/.
+CONTROLPLANE := tests/e2e/controlplane
+KUBE_VERSION := $(shell sed -n 's/^[[:space:]]*\(require \)\{0,1\}k8s.io\/kubernetes \(v[0-9.]*\).*/\2/p' $(CONTROLPLANE)/go.mod)
+KUBE_MINOR   := $(word 2,$(subst ., ,$(KUBE_VERSION)))
+ETCD_VERSION := $(shell sed -n 's/^[[:space:]]*\(require \)\{0,1\}go.etcd.io\/etcd\/server\/v3 \(v[0-9.]*\).*/\2/p' $(CONTROLPLANE)/etcd/go.mod)
+KWOK_VERSION := v0.8.0
+# What upstream's hack/lib/version.sh sets, so /version and Helm's .Capabilities report the real version.
+KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+  -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=1 -X $(p).gitMinor=$(KUBE_MINOR) -X $(p).gitTreeState=clean)
+# Prints wall time and peak memory of each build when GNU time is installed (Debian package `time`).
+BUILD_TIME   := $(if $(wildcard /usr/bin/time),/usr/bin/time -f "  built in %e s wall; peak RSS %M KB",)
+
+$(BIN)/kube-$(KUBE_VERSION): $(CONTROLPLANE)/go.mod $(CONTROLPLANE)/go.sum $(CONTROLPLANE)/main.go
+	@echo "building kube $(KUBE_VERSION) (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); cold: ~10+ min"
+	cd $(CONTROLPLANE) && $(BUILD_TIME) go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/kube .
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf kube $(BIN)/$$c; done
+	rm -f $(BIN)/kube-v*; touch $@
+
+$(BIN)/etcd-$(ETCD_VERSION): $(CONTROLPLANE)/etcd/go.mod $(CONTROLPLANE)/etcd/go.sum $(CONTROLPLANE)/etcd/main.go
+	cd $(CONTROLPLANE)/etcd && $(BUILD_TIME) go build -trimpath -ldflags "-s -w" -o $(BIN)/etcd .
+	rm -f $(BIN)/etcd-v*; touch $@
+
+$(BIN)/kwok-$(KWOK_VERSION):
+	GOBIN=$(BIN) $(BUILD_TIME) go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$(KWOK_VERSION)" \
+	  sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	rm -f $(BIN)/kwok-v*; touch $@
+
+.PHONY: cluster-tools
+cluster-tools: $(BIN)/kube-$(KUBE_VERSION) $(BIN)/etcd-$(ETCD_VERSION) $(BIN)/kwok-$(KWOK_VERSION) ## build the pinned control plane, etcd, kwok, kubectl into .tools/bin
+
+.PHONY: cluster-up
+cluster-up: cluster-tools ## start (or reuse) the local control plane; prints the kubeconfig path
+	$(PYTHON) -m tests.e2e.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane; fails if a process is left behind
+	$(PYTHON) -m tests.e2e.cluster down
+
+.PHONY: cluster-status
+cluster-status: ## show the local control plane's processes and version
+	$(PYTHON) -m tests.e2e.cluster status
+
+.PHONY: e2e
+e2e: venv tools cluster-tools ## rung 4: e2e tests on the local control plane (reuses one from cluster-up)
+	TASKS_E2E_REQUIRE_CLUSTER=1 $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+# --- end cluster ---
