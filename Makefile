@@ -177,5 +177,5 @@ cluster-status: ## show the local control plane's processes and version
 
 .PHONY: e2e
 e2e: venv tools cluster-tools ## rung 4: e2e tests on the local control plane (reuses one from cluster-up)
-	TASKS_E2E_REQUIRE_CLUSTER=1 $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m e2e tests/e2e $(PYTEST_ARGS)
 # --- end cluster ---
