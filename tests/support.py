@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -9,14 +10,33 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
+from service.settings import Settings
+from service.store import TaskStore, open_store
+
+T = TypeVar("T")
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"
+
+
+def with_store(settings: Settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:
+    """Run `body` against a store opened from `settings`, outside any running event loop."""
+
+    async def run() -> T:
+        store = open_store(settings)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def free_port() -> int:

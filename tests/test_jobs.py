@@ -3,13 +3,12 @@ export/import, their summaries, logs and exit codes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -23,7 +22,7 @@ from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new
 from service.settings import Settings
 from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION
-from tests.support import ROOT, RedisServer, base_env, free_port
+from tests.support import ROOT, RedisServer, base_env, free_port, with_store
 
 T = TypeVar("T")
 SUMMARY_VALUES = (str, int, float, bool, type(None))
@@ -102,17 +101,6 @@ def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float 
         )
         peak = int(rss.read() or 0)
     return JobRun(result.returncode, result.stdout.decode(), result.stderr.decode(), peak)
-
-
-def with_store(settings: Settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:
-    async def run() -> T:
-        store = open_store(settings)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def seed(settings: Settings, tasks: Sequence[Task], batch: int = 2000) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -13,22 +12,12 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task
-from service.store import TaskStore, open_store
+from service.store import TaskStore
 from service.store.base import LAYOUT_VERSION, LayoutMismatch
+from tests.support import with_store
 
 T = TypeVar("T")
 NOW = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-def with_store(settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:  # type: ignore[no-untyped-def]
-    async def run() -> T:
-        store = open_store(settings)
-        try:
-            return await body(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(run())
 
 
 def task(title: str = "t", status: Status = Status.todo, at: datetime = NOW) -> Task:
