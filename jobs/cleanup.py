@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from jobs.runtime import Command, JobFailed, Summary, positive_int, shared_store
+from jobs.runtime import BATCH, Command, JobFailed, Summary, add_batch_size, shared_store
 from service.domain import Status, utcnow
 from service.errors import StoreUnavailable
 from service.settings import Settings
@@ -24,7 +24,6 @@ log = logging.getLogger("tasks.jobs.cleanup")
 
 LOCK = "cleanup"
 LOCK_TTL_SECONDS = 60.0  # renewed after every batch; a crashed run frees it after this long
-BATCH = 500
 
 
 @dataclass(slots=True)
@@ -104,9 +103,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "(default: TASKS_CLEANUP_RETENTION)",
     )
     parser.add_argument("--dry-run", action="store_true", help="count, delete nothing")
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=BATCH, help=f"tasks per batch ({BATCH})"
-    )
+    add_batch_size(parser)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -60,6 +60,16 @@ async def shared_store(settings: Settings) -> AsyncIterator[TaskStore]:
         await store.close()
 
 
+BATCH = 500
+"""Tasks per batch: bounds a job's memory however many tasks the store holds."""
+
+
+def add_batch_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=BATCH, help=f"tasks per batch ({BATCH})"
+    )
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

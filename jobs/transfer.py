@@ -15,14 +15,12 @@ from typing import Annotated, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from jobs.runtime import Command, JobFailed, Summary, positive_int, shared_store
+from jobs.runtime import Command, JobFailed, Summary, add_batch_size, shared_store
 from service.domain import DESCRIPTION_MAX, ID_PATTERN, TITLE_MAX, Status, Task, to_json
 from service.settings import Settings
 from service.store import TaskStore
 
 log = logging.getLogger("tasks.jobs.transfer")
-
-BATCH = 500
 
 
 # --- export -------------------------------------------------------------------------------
@@ -141,16 +139,12 @@ async def _write(store: TaskStore, pending: list[Task], dry_run: bool) -> int:
 
 
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=BATCH, help=f"tasks per batch ({BATCH})"
-    )
+    add_batch_size(parser)
 
 
 def _import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="validate every line, write none")
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=BATCH, help=f"tasks per batch ({BATCH})"
-    )
+    add_batch_size(parser)
 
 
 EXPORT = Command(
