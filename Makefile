@@ -29,6 +29,8 @@ help: ## list targets
 # --- python environment ---
 
 $(VENV)/.installed: requirements-dev.lock
+	@# Debian's python3 ships venv support as a separate package.
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory system-deps APT_PACKAGES=python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
 	touch $@
