@@ -109,6 +109,10 @@ fmt: venv ## format the code
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+.PHONY: chart-docs
+chart-docs: venv ## regenerate the chart README's values table from values.yaml
+	$(VENV)/bin/python -m tests.chart.values_doc
+
 .PHONY: bench
 bench: venv system-deps ## load and startup benchmarks (prints figures, never fails on them)
 	$(VENV)/bin/python bench/run.py

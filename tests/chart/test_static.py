@@ -10,6 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.chart import values_doc
 from tests.chart.helpers import (
     CHART,
     CRD_KINDS,
@@ -240,3 +241,11 @@ def test_helm4_lints_and_renders_the_same_objects(values_file: str | None, helm4
     assert [o for o in yaml.safe_load_all(ours) if o] == [
         o for o in yaml.safe_load_all(theirs) if o
     ]
+
+
+def test_readme_values_table_is_generated_from_values_yaml() -> None:
+    """The chart README's values table is what `make chart-docs` writes from values.yaml."""
+    readme = (CHART / "README.md").read_text()
+    assert values_doc.updated(readme) == readme, "stale values table: run `make chart-docs`"
+    for key in ("replicaCount", "config.shutdownDelaySeconds", "redis.auth.existingSecret"):
+        assert f"| `{key}` |" in readme
