@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs import cleanup, migrate, transfer
+from jobs import cleanup, launch, migrate, transfer
 from jobs.runtime import Command, JobFailed, Summary, UsageError
 from service.errors import StoreUnavailable
 from service.observability.logging import configure_logging
@@ -25,13 +25,14 @@ from service.store.base import LayoutMismatch
 
 log = logging.getLogger("tasks.jobs")
 
-# The registry: a new command (e.g. `launch`, which creates a Job from the CronJob) is one more
-# entry; a command that needs no store simply never opens one.
+# The registry: a new command is one more entry; a command that needs no store (`launch`, which
+# creates a Job from the CronJob through the Kubernetes API) simply never opens one.
 COMMANDS: tuple[Command, ...] = (
     cleanup.COMMAND,
     migrate.COMMAND,
     transfer.EXPORT,
     transfer.IMPORT,
+    launch.COMMAND,
 )
 
 

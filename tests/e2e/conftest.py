@@ -93,17 +93,12 @@ def kubectl(kubeconfig):
     return run
 
 
-@pytest.fixture
-def namespace(k8s, kubectl, request):
-    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+def create_namespace(k8s, name: str) -> str:
+    """Create namespace `name` and wait for its default ServiceAccount (pods need it)."""
     from kubernetes import client
 
-    test_name = request.node.name.lower().removeprefix("test_")
-    slug = re.sub(r"[^a-z0-9]+", "-", test_name)[:40].strip("-")
-    name = f"e2e-{slug}-{uuid.uuid4().hex[:5]}"
-    meta = client.V1ObjectMeta(name=name)
     core = client.CoreV1Api(k8s)
-    core.create_namespace(client.V1Namespace(metadata=meta))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods are refused until the controller-manager has made the namespace's default ServiceAccount.
     deadline = time.monotonic() + 30
     while not core.list_namespaced_service_account(
@@ -112,5 +107,65 @@ def namespace(k8s, kubectl, request):
         if time.monotonic() > deadline:
             pytest.fail(f"no default ServiceAccount in namespace {name} after 30s")
         time.sleep(0.2)
+    return name
+
+
+def _namespace_name(node_name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", node_name.lower().removeprefix("test_"))[:40].strip("-")
+    return f"e2e-{slug}-{uuid.uuid4().hex[:5]}"
+
+
+@pytest.fixture
+def namespace(k8s, kubectl, request):
+    """A fresh namespace for one test, deleted afterwards (without waiting)."""
+    name = create_namespace(k8s, _namespace_name(request.node.name))
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(k8s, kubectl, request):
+    """A fresh namespace shared by one test module (e.g. one Helm release's whole life)."""
+    name = create_namespace(k8s, _namespace_name(request.module.__name__.rsplit(".", 1)[-1]))
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def helm_env(kubeconfig, tmp_path_factory) -> dict[str, str]:
+    """Env for the pinned helm binaries: the e2e kubeconfig, and cache/config/data dirs of their own
+    (never the user's repositories, plugins or kubeconfig)."""
+    home = tmp_path_factory.mktemp("helm-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
+    env.update(
+        KUBECONFIG=kubeconfig,
+        HOME=str(home),
+        HELM_CACHE_HOME=str(home / "cache"),
+        HELM_CONFIG_HOME=str(home / "config"),
+        HELM_DATA_HOME=str(home / "data"),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def helm(helm_env):
+    """Run the pinned Helm 3 (major=3) or Helm 4 (major=4) against the e2e cluster.
+
+    helm("install", ...) -> CompletedProcess (text); non-zero exit raises unless check=False.
+    """
+
+    def run(*args: str, check: bool = True, major: int = 3, timeout: float = 240):
+        binary = str(cluster.TOOLS_BIN / ("helm" if major == 3 else "helm4"))
+        if not os.access(binary, os.X_OK):
+            pytest.fail(f"{binary} missing: run `make tools`", pytrace=False)
+        proc = subprocess.run(
+            [binary, *args], capture_output=True, text=True, env=helm_env, timeout=timeout
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"helm{'' if major == 3 else '4'} {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stderr}{proc.stdout}"
+            )
+        return proc
+
+    return run
