@@ -15,7 +15,7 @@ from service.lifecycle import Lifecycle
 from service.observability.metrics import Metrics
 from service.observability.middleware import ObservabilityMiddleware
 from service.settings import Settings
-from service.store import open_store
+from service.store import TaskStore, open_store
 from service.store.instrumented import InstrumentedStore
 
 log = logging.getLogger("tasks")
@@ -31,12 +31,15 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One store (one Redis pool) per process, opened here and closed after the drain.
-        app.state.store = InstrumentedStore(open_store(settings), metrics)
+        # Every store operation is bounded as a whole (see RedisTaskStore), so the client needs
+        # no timeout of its own on each socket read and write.
+        store: TaskStore = InstrumentedStore(open_store(settings, socket_timeouts=False), metrics)
+        app.state.store = store  # read back, typed, by service.api.deps.store_of
         log.info("started", extra={"store": settings.store, "version": settings.version})
         try:
             yield
         finally:
-            await app.state.store.close()
+            await store.close()
             log.info("store closed")
 
     app = FastAPI(
@@ -44,13 +47,19 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         version=settings.version,
         summary="A small, fast, twelve-factor tasks API.",
         lifespan=lifespan,
+        # Our telemetry is the Prometheus metrics and the JSON access line; FastAPI's native
+        # OpenTelemetry would only check, on every request, for providers nobody configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle or Lifecycle()
     app.state.api_key_guard = ApiKeyGuard(settings.api_key_list)
-    app.include_router(tasks.router)
-    app.include_router(health.router)
+    # The routers' routes go on the app itself, one flat table. `include_router` would keep each
+    # router as a nested branch that FastAPI matches twice per request (it selects the branch,
+    # then the route in it); the routers carry their own prefix and tags, so nothing is lost.
+    for router in (tasks.router, health.router):
+        app.router.routes.extend(router.routes)
     install_problem_handlers(app)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

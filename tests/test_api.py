@@ -348,3 +348,21 @@ def test_version_reports_what_the_build_set(make_settings) -> None:  # type: ign
         assert client.get("/version").json() == {
             "version": "1.2.3", "git_revision": "abc1234", "build_date": "2025-01-01"
         }  # fmt: skip
+
+
+def test_openapi_documents_each_operation_its_tags_and_the_conditional_get_header(
+    client: TestClient,
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+
+    get_task = paths["/v1/tasks/{task_id}"]["get"]
+    header = {p["name"]: p for p in get_task["parameters"] if p["in"] == "header"}
+    assert header["If-None-Match"]["required"] is False
+    assert {p["name"] for p in get_task["parameters"] if p["in"] == "path"} == {"task_id"}
+    assert get_task["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Task"
+    }
+    assert set(paths["/v1/tasks"]) == {"get", "post"}
+    assert set(paths["/v1/tasks/{task_id}"]) == {"get", "patch", "delete"}
+    assert all(op["tags"] == ["tasks"] for op in paths["/v1/tasks/{task_id}"].values())
+    assert paths["/readyz"]["get"]["tags"] == ["operations"]

@@ -6,11 +6,17 @@ import io
 import json
 import logging
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service.observability.logging import JsonFormatter, configure_logging, request_id
+from service.observability.logging import (
+    JsonFormatter,
+    configure_logging,
+    log_fields,
+    request_id,
+)
 
 
 def series(metrics_text: str, name: str) -> list[str]:
@@ -94,3 +100,47 @@ def test_a_thousand_task_ids_do_not_make_a_thousand_series(client: TestClient) -
     assert routes <= {"/v1/tasks/{task_id}", "/metrics", "unmatched"}
     assert len(series(text, "tasks_http_requests_total")) < 10
     assert len(series(text, "tasks_http_request_duration_seconds_bucket")) < 60
+
+
+@pytest.mark.factor("XI")
+def test_log_timestamps_are_utc_iso_8601_with_milliseconds() -> None:
+    formatter = JsonFormatter()
+    for created in (0.0, 1_700_000_000.0005, 1_700_000_000.9999, 1_700_000_001.25, 951_782_400.5):
+        record = logging.LogRecord("t", logging.INFO, "", 0, "m", None, None)
+        record.created = created
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(record))["ts"] == expected
+
+
+@pytest.mark.factor("XI")
+def test_one_formatter_keeps_each_records_own_extra_fields() -> None:
+    formatter = JsonFormatter()
+    log = logging.getLogger("tasks.test")
+    first = log.makeRecord("tasks.test", logging.INFO, "", 0, "a", (), None, extra={"x": 1})
+    second = log.makeRecord("tasks.test", logging.INFO, "", 0, "b", (), None, extra={"y": "2"})
+    third = log.makeRecord("tasks.test", logging.INFO, "", 0, "c", (), None, extra={"x": 3})
+
+    lines = [json.loads(formatter.format(r)) for r in (first, second, third)]
+
+    assert (lines[0]["x"], "y" in lines[0]) == (1, False)
+    assert (lines[1]["y"], "x" in lines[1]) == ("2", False)
+    assert lines[2]["x"] == 3
+
+
+@pytest.mark.factor("XI")
+def test_log_fields_writes_one_line_through_the_handlers_and_honours_the_level() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("info", stream=stream)
+        log_fields(logging.getLogger("tasks.access"), "request", {"status": 200, "route": "/r"})
+        configure_logging("warning", stream=stream)
+        log_fields(logging.getLogger("tasks.access"), "request", {"status": 201})
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+
+    (line,) = (json.loads(text) for text in stream.getvalue().splitlines())
+    assert line["logger"] == "tasks.access" and line["msg"] == "request"
+    assert (line["status"], line["route"], line["level"]) == (200, "/r", "info")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -11,9 +13,12 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.domain import TaskCreate, TaskPatch, apply_patch, new_task
-from service.errors import PreconditionFailed
-from service.store import open_store
-from service.store.base import LAYOUT_VERSION
+from service.errors import PreconditionFailed, StoreUnavailable
+from service.observability.metrics import Metrics
+from service.store import TaskStore, open_store
+from service.store.base import LAYOUT_VERSION, TaskList
+from service.store.instrumented import InstrumentedStore
+from service.store.memory import MemoryTaskStore
 from tests.support import RedisServer
 
 
@@ -108,3 +113,79 @@ def test_two_app_instances_on_one_redis_see_the_same_tasks(make_settings) -> Non
         from_one = one.get("/v1/tasks?limit=100").json()["items"]
         from_two = two.get("/v1/tasks?limit=100").json()["items"]
     assert from_one == from_two and len(from_one) == 20
+
+
+def _protocol_operations() -> set[str]:
+    """Every operation of the TaskStore protocol (close releases; it is not an operation)."""
+    return {
+        name
+        for name, member in vars(TaskStore).items()
+        if inspect.iscoroutinefunction(member) and name != "close"
+    }
+
+
+def _store_series(metrics: Metrics, name: str) -> dict[str, float]:
+    """operation label -> value of one store metric."""
+    samples = {}
+    for line in metrics.render().decode().splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            samples[labels.split('operation="')[1].split('"')[0]] = float(value)
+    return samples
+
+
+@pytest.mark.factor("XI")
+def test_instrumented_store_implements_and_times_every_protocol_operation(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    metrics = Metrics(version="t", git_revision="t", build_date="t")
+
+    async def every_operation() -> None:
+        store: TaskStore = InstrumentedStore(open_store(make_settings(store_kind)), metrics)
+        try:
+            await store.ping()
+            kept = (await store.create(new_task(TaskCreate(title="kept")))).task
+            gone = (await store.create(new_task(TaskCreate(title="gone")))).task
+            assert await store.get(kept.id) == kept
+            assert [t.id for t in (await store.list(status=None, limit=5, before=None)).items] == [
+                gone.id,
+                kept.id,
+            ]
+            done = await store.update(kept.id, lambda t: apply_patch(t, TaskPatch(status="done")))
+            await store.delete(gone.id)
+            assert await store.scan_ids(status=None, after=None, limit=5) == [kept.id]
+            assert await store.get_many([kept.id, gone.id]) == [done]
+            await store.put_many([done])
+            assert await store.delete_unchanged([done]) == [kept.id]
+            await store.set_layout_version(LAYOUT_VERSION)
+            assert await store.layout_version() == LAYOUT_VERSION
+            token = await store.acquire_lock("job", 5)
+            assert token is not None
+            assert await store.renew_lock("job", token, 5)
+            assert await store.release_lock("job", token)
+        finally:
+            await store.close()
+
+    asyncio.run(every_operation())
+
+    timed = _store_series(metrics, "tasks_store_operation_duration_seconds_count")
+    assert set(timed) == _protocol_operations()
+    assert all(count >= 1 for count in timed.values())
+
+
+@pytest.mark.factor("XI")
+def test_instrumented_store_counts_operations_that_found_the_store_down() -> None:
+    class Down(MemoryTaskStore):
+        async def get_many(self, task_ids: Sequence[str]) -> TaskList:
+            raise StoreUnavailable("redis: ConnectionError")
+
+    metrics = Metrics(version="t", git_revision="t", build_date="t")
+    store = InstrumentedStore(Down(), metrics)
+
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(store.get_many(["x"]))
+
+    assert _store_series(metrics, "tasks_store_errors_total") == {"get_many": 1.0}
+    assert _store_series(metrics, "tasks_store_operation_duration_seconds_count") == {
+        "get_many": 1.0
+    }

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from service.api.deps import LifecycleDep, MetricsDep, SettingsDep, StoreDep
+from service.api.deps import lifecycle_of, metrics_of, settings_of, store_of
 from service.api.problems import problem
 from service.errors import StoreUnavailable
 from service.observability.metrics import CONTENT_TYPE
@@ -22,13 +22,13 @@ async def livez() -> dict[str, str]:
 @router.get(
     "/readyz", summary="Ready for traffic: store reachable, its data layout ours, not draining"
 )
-async def readyz(store: StoreDep, lifecycle: LifecycleDep) -> JSONResponse:
-    if lifecycle.draining:
+async def readyz(request: Request) -> JSONResponse:
+    if lifecycle_of(request).draining:
         return problem(
             503, title="Not ready", detail="draining: shutting down", checks={"draining": True}
         )
     try:
-        await store.ping()
+        await store_of(request).ping()
     except StoreUnavailable as exc:
         return problem(
             503,
@@ -49,7 +49,8 @@ async def readyz(store: StoreDep, lifecycle: LifecycleDep) -> JSONResponse:
 
 
 @router.get("/version", summary="What is running")
-async def version(settings: SettingsDep) -> dict[str, str]:
+async def version(request: Request) -> dict[str, str]:
+    settings = settings_of(request)
     return {
         "version": settings.version,
         "git_revision": settings.git_revision,
@@ -58,5 +59,5 @@ async def version(settings: SettingsDep) -> dict[str, str]:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(metrics.render(), media_type=CONTENT_TYPE)
+async def metrics(request: Request) -> Response:
+    return Response(metrics_of(request).render(), media_type=CONTENT_TYPE)

@@ -9,7 +9,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.observability.logging import request_id
+from service.observability.logging import log_fields, request_id
 from service.observability.metrics import Metrics
 
 access_log = logging.getLogger("tasks.access")
@@ -59,9 +59,10 @@ class ObservabilityMiddleware:
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.observe_request(method, route, status, duration)
-            access_log.info(
+            log_fields(
+                access_log,
                 "request",
-                extra={
+                {
                     "request_id": rid,
                     "method": method,
                     "route": route,

@@ -8,9 +8,15 @@ from service.store.base import LAYOUT_VERSION, Created, Idempotency, TaskStore
 __all__ = ["LAYOUT_VERSION", "Created", "Idempotency", "TaskStore", "open_store"]
 
 
-def open_store(settings: Settings) -> TaskStore:
+def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore:
     """The configured store. Nothing connects yet (Redis connects on first use), so a process
-    starts, and reports not-ready, while its backing service is down."""
+    starts, and reports not-ready, while its backing service is down.
+
+    Every store operation is bounded by TASKS_REDIS_TIMEOUT_SECONDS as a whole. With
+    `socket_timeouts` the Redis client also bounds each socket read and write, which code that
+    uses the raw client (the migrations) relies on; the API, which only calls store operations,
+    turns them off: on Python 3.11 redis-py's write timeout starts an extra asyncio Task per
+    command."""
     if settings.store == "redis":
         from service.store.redis import RedisTaskStore, connect
 
@@ -19,6 +25,7 @@ def open_store(settings: Settings) -> TaskStore:
             settings.redis_url,
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.redis_timeout_seconds,
+            socket_timeouts=socket_timeouts,
         )
         return RedisTaskStore(
             client, prefix=settings.redis_key_prefix, timeout=settings.redis_timeout_seconds

@@ -63,11 +63,15 @@ _UNAVAILABLE = (
 )
 
 
-def connect(url: str, *, password: str | None, timeout: float) -> aioredis.Redis:
-    """A client with its own pool; nothing connects until the first command."""
+def connect(
+    url: str, *, password: str | None, timeout: float, socket_timeouts: bool = True
+) -> aioredis.Redis:
+    """A client with its own pool; nothing connects until the first command. Connecting is
+    bounded by `timeout`, and so is each socket read and write unless `socket_timeouts` is off
+    (for callers that bound whole operations themselves, as RedisTaskStore does)."""
     options: dict[str, Any] = {
         **parse_url(url),
-        "socket_timeout": timeout,
+        "socket_timeout": timeout if socket_timeouts else None,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),  # one bounded attempt: the caller answers 503
         "decode_responses": True,
