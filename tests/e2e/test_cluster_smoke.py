@@ -10,30 +10,11 @@ import time
 import pytest
 
 from tests.e2e import cluster
+from tests.e2e.kube import get_json, wait_until
 
 pytestmark = pytest.mark.e2e
 
 IMAGE = "registry.invalid/tasks:e2e"  # never pulled: kwok runs no containers
-
-
-def wait_until(what: str, check, timeout: float = 60.0, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    """Poll check() until it returns something truthy; fail naming `what` and the last value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as e:  # retried until the deadline
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-
-
-def get_json(kubectl, *args: str):  # type: ignore[no-untyped-def]
-    return json.loads(kubectl("get", *args, "-o", "json").stdout)
 
 
 def restricted_container(name: str = "app") -> dict:
