@@ -136,15 +136,18 @@ class ServiceProcess:
             prefix="tasks-service-", suffix=".log", delete=False
         )
         self.args = args or [sys.executable, "-m", "service"]
-        self.proc = subprocess.Popen(
-            self.args, env=dict(env), cwd=cwd or ROOT, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.proc = self.spawn(env, cwd or ROOT)
         self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def spawn(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.args, env=dict(env), cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT
+        )
 
     def wait_ready(self, timeout: float = 15) -> None:
         def ready() -> bool:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.output()}")
             try:
                 return httpx.get(self.base_url + "/readyz", timeout=0.5).status_code == 200
             except httpx.HTTPError:

@@ -10,7 +10,7 @@ import re
 import signal
 import subprocess
 import tarfile
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ from packaging.utils import canonicalize_name
 
 from tests.image.artifacts import BuildSecret, BuiltImage, Layer
 from tests.image.runner import ImageRootfs, resolve_user
-from tests.support import ROOT, RedisServer, free_port, wait_until
+from tests.support import ROOT, RedisServer, ServiceProcess, free_port
 
 pytestmark = [pytest.mark.image]
 
@@ -34,32 +34,15 @@ print(json.dumps({"python": platform.python_version(), "prefix": sys.prefix, "di
 """
 
 
-class Container:
+class Container(ServiceProcess):
     """The image's default command in a container, its output in a file, reached on 127.0.0.1."""
 
     def __init__(self, rootfs: ImageRootfs, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix="tasks-image-", suffix=".log", delete=False
-        )
-        self.proc = rootfs.popen(
-            env={"PORT": str(self.port), **env}, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.rootfs = rootfs
+        super().__init__({"PORT": str(free_port()), **env}, args=["container", *rootfs.config.cmd])
 
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"container exited {self.proc.returncode}:\n{self.output()}")
-            try:
-                return httpx.get(self.base_url + "/readyz", timeout=0.5).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(ready, timeout=timeout, what="/readyz 200 from the container")
+    def spawn(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        return self.rootfs.popen(env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def ids(self) -> dict[str, list[int]]:
         """Uid/Gid/Groups of the container's main process, as the host kernel sees them."""
@@ -68,12 +51,6 @@ class Container:
             key: [int(v) for v in rest.split()]
             for key, rest in re.findall(r"^(Uid|Gid|Groups):(.*)$", status, re.M)
         }
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
