@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -17,6 +18,18 @@ from service.observability.logging import (
     log_fields,
     request_id,
 )
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """A stream for configure_logging to write to; the root logger is restored afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        yield io.StringIO()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
 
 def series(metrics_text: str, name: str) -> list[str]:
@@ -49,24 +62,19 @@ def test_access_line_carries_request_id_method_route_status_duration(
 
 
 @pytest.mark.factor("XI")
-def test_configure_logging_writes_json_lines_to_the_stream_it_is_given() -> None:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+def test_configure_logging_writes_json_lines_to_the_stream_it_is_given(
+    log_stream: io.StringIO,
+) -> None:
+    configure_logging("info", stream=log_stream)
+    token = request_id.set("rid-7")
+    logging.getLogger("uvicorn.error").info("hello %s", "world", extra={"k": 1})
+    request_id.reset(token)
     try:
-        configure_logging("info", stream=stream)
-        token = request_id.set("rid-7")
-        logging.getLogger("uvicorn.error").info("hello %s", "world", extra={"k": 1})
-        request_id.reset(token)
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            logging.getLogger("jobs").exception("failed")
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("jobs").exception("failed")
 
-    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    first, second = (json.loads(line) for line in log_stream.getvalue().splitlines())
     assert first["msg"] == "hello world" and first["request_id"] == "rid-7" and first["k"] == 1
     assert first["logger"] == "uvicorn.error" and first["level"] == "info"
     assert second["level"] == "error" and "ValueError: boom" in second["exc"]
@@ -128,19 +136,14 @@ def test_one_formatter_keeps_each_records_own_extra_fields() -> None:
 
 
 @pytest.mark.factor("XI")
-def test_log_fields_writes_one_line_through_the_handlers_and_honours_the_level() -> None:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    try:
-        configure_logging("info", stream=stream)
-        log_fields(logging.getLogger("tasks.access"), "request", {"status": 200, "route": "/r"})
-        configure_logging("warning", stream=stream)
-        log_fields(logging.getLogger("tasks.access"), "request", {"status": 201})
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+def test_log_fields_writes_one_line_through_the_handlers_and_honours_the_level(
+    log_stream: io.StringIO,
+) -> None:
+    configure_logging("info", stream=log_stream)
+    log_fields(logging.getLogger("tasks.access"), "request", {"status": 200, "route": "/r"})
+    configure_logging("warning", stream=log_stream)
+    log_fields(logging.getLogger("tasks.access"), "request", {"status": 201})
 
-    (line,) = (json.loads(text) for text in stream.getvalue().splitlines())
+    (line,) = (json.loads(text) for text in log_stream.getvalue().splitlines())
     assert line["logger"] == "tasks.access" and line["msg"] == "request"
     assert (line["status"], line["route"], line["level"]) == (200, "/r", "info")

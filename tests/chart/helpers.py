@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tests.manifests import Obj, find, pod_spec, secret_data
 from tests.support import ROOT, require_tool
 
 CHART = ROOT / "deploy" / "helm" / "tasks"
@@ -26,8 +26,6 @@ RELEASE = "tasks"
 NAMESPACE = "tasks-ns"
 # Kinds with no schema in the Kubernetes OpenAPI (CRDs); checked by assertions instead.
 CRD_KINDS = {"ServiceMonitor"}
-
-Obj = dict[str, Any]
 
 
 def helm_bin(major: int = 3) -> str:
@@ -121,8 +119,7 @@ class Rendered:
         return found[0]
 
     def find(self, kind: str, name: str) -> Obj | None:
-        found = [o for o in self.of_kind(kind) if o["metadata"]["name"] == name]
-        return found[0] if found else None
+        return find(self.objects, kind, name)
 
     def pod_templates(self) -> Iterator[tuple[Obj, Obj]]:
         """(owner object, pod spec) for every pod the render can create."""
@@ -140,19 +137,7 @@ class Rendered:
         return dict(obj["spec"]["template"]["metadata"])
 
     def secret_data(self, name: str) -> dict[str, str]:
-        secret = self.get("Secret", name)
-        return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
-
-
-def pod_spec(obj: Obj) -> Obj | None:
-    kind = obj["kind"]
-    if kind == "Pod":
-        return dict(obj["spec"])
-    if kind in ("Deployment", "StatefulSet", "Job", "DaemonSet", "ReplicaSet"):
-        return dict(obj["spec"]["template"]["spec"])
-    if kind == "CronJob":
-        return dict(obj["spec"]["jobTemplate"]["spec"]["template"]["spec"])
-    return None
+        return secret_data(self.get("Secret", name))
 
 
 @functools.cache
@@ -175,57 +160,13 @@ def container(obj: Obj, name: str | None = None) -> Obj:
     return dict(next(c for c in containers if c["name"] == name))
 
 
-def resolve_env(
-    r: Rendered, c: Obj, external: Mapping[str, Mapping[str, str]] | None = None
-) -> dict[str, str]:
-    """The environment the kubelet would give container `c`: envFrom first, then env (env wins).
-
-    ConfigMaps and Secrets come from the render; `external` stands in for Secrets the user
-    creates (existingSecret), by name. A reference that resolves nowhere fails, unless optional.
-    """
-    external = external or {}
-
-    def source(kind: str, name: str, optional: bool) -> dict[str, str] | None:
-        if kind == "Secret" and name in external:
-            return dict(external[name])
-        obj = r.find(kind, name)
-        if obj is None:
-            assert optional, f"{c['name']}: {kind}/{name} is neither rendered nor provided"
-            return None
-        if kind == "Secret":
-            return r.secret_data(name)
-        return {k: str(v) for k, v in (obj.get("data") or {}).items()}
-
-    env: dict[str, str] = {}
-    for ref in c.get("envFrom", []):
-        kind, key = (
-            ("ConfigMap", "configMapRef") if "configMapRef" in ref else ("Secret", "secretRef")
-        )
-        data = source(kind, ref[key]["name"], ref[key].get("optional", False)) or {}
-        env.update({ref.get("prefix", "") + k: v for k, v in data.items()})
-    for item in c.get("env", []):
-        if "value" in item:
-            env[item["name"]] = str(item["value"])
-            continue
-        value_from = item["valueFrom"]
-        kind, key = (
-            ("Secret", "secretKeyRef")
-            if "secretKeyRef" in value_from
-            else ("ConfigMap", "configMapKeyRef")
-        )
-        ref = value_from[key]
-        data = source(kind, ref["name"], ref.get("optional", False))
-        if data is None or ref["key"] not in data:
-            assert ref.get("optional", False), (
-                f"{item['name']}: {kind}/{ref['name']} lacks {ref['key']}"
-            )
-            continue
-        env[item["name"]] = data[ref["key"]]
-    return env
-
-
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
+
+
+def values_id(values_file: str | None) -> str:
+    """A test id for a values file; None is the chart's defaults."""
+    return values_file or "defaults"
 
 
 # Stand-ins for the Secrets the CI value files expect the user to have created (existingSecret).

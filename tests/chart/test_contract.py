@@ -24,10 +24,10 @@ from tests.chart.helpers import (
     Rendered,
     app_workloads,
     container,
-    pod_spec,
     rendered,
-    resolve_env,
+    values_id,
 )
+from tests.manifests import pod_spec, resolve_env, settings_from_env
 from tests.support import RedisServer, ServiceProcess, base_env, free_port
 
 pytestmark = pytest.mark.usefixtures("helm3")
@@ -39,17 +39,13 @@ RUN_WITH = [None, "production-values.yaml"]
 USER_ENV = {"PYTHONFAULTHANDLER"}
 
 
-def _id(values_file: str | None) -> str:
-    return values_file or "defaults"
-
-
 def settings_env_names() -> set[str]:
     from service.settings import Settings, env_name
 
     return {env_name(field) for field in Settings.model_fields}
 
 
-@pytest.fixture(scope="module", params=RUN_WITH, ids=_id)
+@pytest.fixture(scope="module", params=RUN_WITH, ids=values_id)
 def release(request: pytest.FixtureRequest) -> Iterator[tuple[Rendered, RedisServer]]:
     """A render and a real Redis that requires the password the render put in its Secret."""
     r = rendered(request.param)
@@ -61,7 +57,7 @@ def release(request: pytest.FixtureRequest) -> Iterator[tuple[Rendered, RedisSer
 
 
 def process_env(r: Rendered, c: Obj, redis: RedisServer) -> dict[str, str]:
-    env = resolve_env(r, c, EXISTING_SECRETS)
+    env = resolve_env(r.objects, c, EXISTING_SECRETS)
     url = urlsplit(env["TASKS_REDIS_URL"])
     env["TASKS_REDIS_URL"] = urlunsplit(url._replace(netloc=f"127.0.0.1:{redis.port}"))
     env["PORT"] = str(free_port())
@@ -77,33 +73,24 @@ def command_of(c: Obj) -> list[str]:
 
 
 @pytest.mark.factor("III")
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_every_env_name_the_chart_sets_is_a_settings_field(values_file: str | None) -> None:
     known = settings_env_names()
     r = rendered(values_file)
     for component, obj in app_workloads(r).items():
-        names = set(resolve_env(r, container(obj), EXISTING_SECRETS)) - USER_ENV
+        names = set(resolve_env(r.objects, container(obj), EXISTING_SECRETS)) - USER_ENV
         assert names <= known, f"{component}: not settings fields: {sorted(names - known)}"
         # Build facts belong to the image, not to the release.
         assert not names & {"TASKS_VERSION", "TASKS_GIT_REVISION", "TASKS_BUILD_DATE"}
 
 
 @pytest.mark.factor("III")
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
-def test_settings_accept_every_rendered_env(
-    values_file: str | None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from service.settings import load_settings
-
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
+def test_settings_accept_every_rendered_env(values_file: str | None) -> None:
     r = rendered(values_file)
     for obj in app_workloads(r).values():
-        env = resolve_env(r, container(obj), EXISTING_SECRETS)
-        with monkeypatch.context() as m:
-            for name in settings_env_names():
-                m.delenv(name, raising=False)
-            for name, value in env.items():
-                m.setenv(name, value)
-            settings = load_settings(_env_file=None)
+        env = resolve_env(r.objects, container(obj), EXISTING_SECRETS)
+        settings = settings_from_env(env)
         assert settings.store == "redis"
         assert settings.port == int(env["PORT"])
 
@@ -124,7 +111,7 @@ def test_api_serves_probes_metrics_and_crud_with_the_rendered_env(
         service.wait_ready(timeout=20)
         # Every probe path of the Deployment, on the port its named port resolves to.
         port = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert port["http"] == int(resolve_env(r, c, EXISTING_SECRETS)["PORT"])
+        assert port["http"] == int(resolve_env(r.objects, c, EXISTING_SECRETS)["PORT"])
         base = service.base_url
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             get = c[probe]["httpGet"]
@@ -161,7 +148,7 @@ def _helm_test_pod_passes(r: Rendered, base: str) -> None:
     """The `helm test` pod's own script, with its own env, against the running API."""
     (pod,) = r.of_kind("Pod")
     c = container(pod)
-    env = resolve_env(r, c, EXISTING_SECRETS)
+    env = resolve_env(r.objects, c, EXISTING_SECRETS)
     env["TASKS_URL"] = base
     result = subprocess.run(
         command_of(c), env=base_env(**env), capture_output=True, text=True, timeout=60, check=False

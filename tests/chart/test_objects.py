@@ -20,23 +20,19 @@ from tests.chart.helpers import (
     load_yaml,
     matches,
     notes,
-    pod_spec,
     rendered,
-    resolve_env,
+    values_id,
 )
+from tests.manifests import pod_spec, resolve_env
 
 pytestmark = pytest.mark.usefixtures("helm3")
-
-
-def _id(values_file: str | None) -> str:
-    return values_file or "defaults"
 
 
 # --- factor V and III: one image, one env ------------------------------------------------------
 
 
 @pytest.mark.factor("V", "III", "XII")
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_api_cleanup_and_migrate_share_image_and_env(values_file: str | None) -> None:
     r = rendered(values_file)
     workloads = app_workloads(r)
@@ -59,7 +55,7 @@ def test_api_cleanup_and_migrate_share_image_and_env(values_file: str | None) ->
 
 
 def _env(r: Rendered, c: Obj) -> dict[str, str]:
-    return resolve_env(r, c, EXISTING_SECRETS)
+    return resolve_env(r.objects, c, EXISTING_SECRETS)
 
 
 @pytest.mark.factor("V")
@@ -72,7 +68,7 @@ def test_image_reference_follows_tag_and_digest() -> None:
 
 
 @pytest.mark.factor("III")
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_config_comes_from_a_configmap_and_secrets_by_reference(values_file: str | None) -> None:
     r = rendered(values_file)
     deployment = next(o for o in r.of_kind("Deployment"))
@@ -153,7 +149,7 @@ ALLOWED_VOLUMES = {
 }
 
 
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_every_pod_meets_the_restricted_pod_security_standard(values_file: str | None) -> None:
     r = rendered(values_file)
     pods = list(r.pod_templates())
@@ -250,7 +246,7 @@ def test_service_selects_only_the_api_pods() -> None:
 
 
 @pytest.mark.factor("IX")
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_probes_and_grace_period(values_file: str | None) -> None:
     r = rendered(values_file)
     deployment = r.of_kind("Deployment")[0]

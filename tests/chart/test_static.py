@@ -22,16 +22,13 @@ from tests.chart.helpers import (
     run_helm,
     template,
     values_args,
+    values_id,
 )
 
 pytestmark = pytest.mark.usefixtures("helm3")
 
 
-def _id(values_file: str | None) -> str:
-    return values_file or "defaults"
-
-
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_helm_lint_strict_passes(values_file: str | None) -> None:
     result = run_helm(["lint", "--strict", str(CHART), *values_args(values_file)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -60,7 +57,7 @@ def test_unsupported_kubernetes_versions_are_refused(version: str) -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-@pytest.mark.parametrize("values_file", VALUE_FILES, ids=_id)
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_every_rendered_object_is_valid_against_the_strict_kubernetes_schema(
     values_file: str | None, kube_version: str
 ) -> None:
@@ -226,7 +223,7 @@ def test_every_schema_property_has_a_default_in_values_yaml() -> None:
 # --- Helm 4 ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values_file", [None, "production-values.yaml"], ids=_id)
+@pytest.mark.parametrize("values_file", [None, "production-values.yaml"], ids=values_id)
 def test_helm4_lints_and_renders_the_same_objects(values_file: str | None, helm4: str) -> None:
     lint = run_helm(["lint", "--strict", str(CHART), *values_args(values_file)], 4)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -7,11 +7,11 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.manifests import Obj
 from tests.support import ROOT, require_tool
 
 KUSTOMIZE_DIR = ROOT / "deploy" / "kustomize"
@@ -19,8 +19,6 @@ CHART_DIR = ROOT / "deploy" / "helm" / "tasks"
 KUSTOMIZATIONS = ("base", "overlays/dev", "overlays/prod")
 # The chart declares kubeVersion ">=1.30.0-0 <1.38.0-0": validate at both ends, as its tests do.
 KUBE_VERSIONS = ("1.30.0", "1.37.0")
-
-Obj = dict[str, Any]
 
 
 def _run(args: list[str], what: str) -> str:
@@ -102,15 +100,6 @@ def generated(objs: tuple[Obj, ...] | list[Obj], kind: str, name: str) -> Obj:
     ]
     assert len(found) == 1, f"expected one generated {kind} {name}-<hash>"
     return found[0]
-
-
-def pod_spec(obj: Obj) -> Obj:
-    """The pod spec of a Deployment, StatefulSet, Job or CronJob."""
-    if obj["kind"] == "CronJob":
-        spec: Obj = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-        return spec
-    spec = obj["spec"]["template"]["spec"]
-    return spec
 
 
 def workloads(objs: tuple[Obj, ...] | list[Obj]) -> Iterator[Obj]:

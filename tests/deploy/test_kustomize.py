@@ -4,7 +4,6 @@ Kubernetes OpenAPI schemas (strict), and the objects keep the contract users rel
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import timedelta
 
@@ -21,11 +20,11 @@ from tests.deploy.render import (
     generated,
     kustomize_build,
     one,
-    pod_spec,
     read_env_file,
     redis_subchart_values,
     workloads,
 )
+from tests.manifests import pod_spec, settings_from_env
 from tests.support import ROOT
 
 # Settings that come from the Secret `tasks`, never from the ConfigMap.
@@ -172,17 +171,9 @@ def test_config_env_lists_exactly_the_settings_that_are_not_secret() -> None:
 
 
 @pytest.mark.factor("III", "X")
-def test_config_env_values_are_the_settings_defaults_except_the_cluster_overrides(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_config_env_values_are_the_settings_defaults_except_the_cluster_overrides() -> None:
     config = read_env_file(KUSTOMIZE_DIR / "base" / "config.env")
-    for key in list(os.environ):
-        if key.startswith("TASKS_") or key == "PORT":
-            monkeypatch.delenv(key)
-    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    for key, value in config.items():
-        monkeypatch.setenv(key, value)
-    cluster = Settings(_env_file=None)  # type: ignore[call-arg]
+    defaults, cluster = settings_from_env({}), settings_from_env(config)
     for field in Settings.model_fields:
         name = env_name(field)
         if name in CLUSTER_OVERRIDES:

@@ -16,7 +16,6 @@ chart's defaults. Deliberate differences are listed, with their reason, in ALLOW
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -28,8 +27,8 @@ from tests.deploy.render import (
     helm_template,
     kustomize_build,
     one,
-    pod_spec,
 )
+from tests.manifests import pod_spec, resolve_env, secret_env_names, settings_from_env
 
 DEV_LIKE = (
     "replicaCount=1",
@@ -82,35 +81,9 @@ def container_of(obj: Obj) -> Obj:
     return container
 
 
-def resolved_env(objs: tuple[Obj, ...], container: Obj) -> dict[str, str | None]:
-    """Every env var the container gets: envFrom sources expanded, then env (which wins).
-    Values from Secrets are None (only the name matters, and it must not leak into a diff)."""
-    env: dict[str, str | None] = {}
-    for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            data = one(objs, "ConfigMap", source["configMapRef"]["name"]).get("data", {})
-            env.update({k: str(v) for k, v in data.items()})
-        if "secretRef" in source:
-            secret = one(objs, "Secret", source["secretRef"]["name"])
-            env.update(dict.fromkeys([*secret.get("data", {}), *secret.get("stringData", {})]))
-    for var in container.get("env", []):
-        env[var["name"]] = var.get("value") if "value" in var else None
-    return env
-
-
-def settings_from(env: dict[str, str | None]) -> dict[str, Any]:
+def settings_from(env: dict[str, str]) -> dict[str, Any]:
     """The settings the app would load from this env (non-secret part), as a plain dict."""
-    saved = {k: v for k, v in os.environ.items() if k.startswith("TASKS_") or k == "PORT"}
-    for key in saved:
-        del os.environ[key]
-    try:
-        os.environ.update({k: v for k, v in env.items() if v is not None})
-        loaded = Settings(_env_file=None)  # type: ignore[call-arg]
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
-        os.environ.update(saved)
-    return loaded.model_dump(exclude={"redis_password", "api_keys"})
+    return settings_from_env(env).model_dump(exclude={"redis_password", "api_keys"})
 
 
 @pytest.mark.factor("X")
@@ -142,14 +115,16 @@ def test_pods_match_the_chart_field_by_field(
 def test_env_names_and_the_settings_they_produce_match_the_chart(
     chart: tuple[Obj, ...], dev: tuple[Obj, ...], ours: tuple[str, str], theirs: tuple[str, str]
 ) -> None:
-    mine = resolved_env(dev, container_of(one(dev, *ours)))
-    helm = resolved_env(chart, container_of(one(chart, *theirs)))
+    mine = resolve_env(dev, container_of(one(dev, *ours)))
+    helm = resolve_env(chart, container_of(one(chart, *theirs)))
     assert sorted(mine) == sorted(helm)
     # Every name is a setting of the app (no typo survives), secrets included.
     known = {env_name(field) for field in Settings.model_fields}
     assert set(mine) <= known, set(mine) - known
     assert {"TASKS_REDIS_PASSWORD", "TASKS_API_KEYS"} <= set(mine)
-    assert mine["TASKS_REDIS_PASSWORD"] is None, "the Redis password comes from a Secret"
+    assert "TASKS_REDIS_PASSWORD" in secret_env_names(dev, container_of(one(dev, *ours))), (
+        "the Redis password comes from a Secret"
+    )
     # Values: compared as the settings they load into ("1.0" and "1" are the same timeout).
     loaded_mine, loaded_helm = settings_from(mine), settings_from(helm)
     differing = {k for k in loaded_mine if loaded_mine[k] != loaded_helm[k]}
@@ -163,7 +138,7 @@ def test_the_redis_url_of_each_bundle_names_its_own_redis_service(
 ) -> None:
     for objs, service in ((dev, "redis"), (chart, "tasks-redis")):
         one(objs, "Service", service)
-        env = resolved_env(objs, container_of(one(objs, "Deployment", "tasks")))
+        env = resolve_env(objs, container_of(one(objs, "Deployment", "tasks")))
         assert env["TASKS_REDIS_URL"] == f"redis://{service}:6379/0"
 
 
