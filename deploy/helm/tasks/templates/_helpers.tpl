@@ -189,6 +189,34 @@ tolerations:
 {{- end }}
 {{- end }}
 
+{{/*
+What every app container (API, cleanup, migrate) shares, so one image reference, one security
+context and one env reach all three by construction. Call with (dict "root" $ "pinConfig" bool):
+pinConfig also sets this revision's non-secret settings as explicit env, which wins over envFrom
+(the migrate hook runs before the ConfigMap is upgraded; see job-migrate.yaml).
+*/}}
+{{- define "tasks.appContainer" -}}
+{{- $root := .root -}}
+image: {{ include "tasks.image" $root | quote }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+envFrom:
+  {{- include "tasks.envFrom" $root | nindent 2 }}
+{{- $pinned := "" }}
+{{- if .pinConfig }}
+{{- range $name, $value := (include "tasks.configData" $root | fromYaml) }}
+{{- $pinned = printf "%s\n- name: %s\n  value: %s" $pinned $name ($value | toString | quote) }}
+{{- end }}
+{{- end }}
+{{- with (printf "%s\n%s" $pinned (include "tasks.env" $root) | trim) }}
+env:
+  {{- . | nindent 2 }}
+{{- end }}
+volumeMounts:
+  {{- include "tasks.tmpMount" $root | nindent 2 }}
+{{- end }}
+
 {{/* The only writable path of every app container. */}}
 {{- define "tasks.tmpVolume" -}}
 - name: tmp
