@@ -103,6 +103,18 @@ def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float 
     return JobRun(result.returncode, result.stdout.decode(), result.stderr.decode(), peak)
 
 
+def start_job(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`python -m jobs ...` in the background, its stdout and stderr piped as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def seed(settings: Settings, tasks: Sequence[Task], batch: int = 2000) -> None:
     async def put(store: TaskStore) -> None:
         for start in range(0, len(tasks), batch):
@@ -251,14 +263,7 @@ def test_a_second_cleanup_while_one_runs_skips_and_exits_zero(
 ) -> None:
     seed(settings, [done_task(timedelta(days=30)) for _ in range(3000)])
     # The first run walks in batches of one, so it is still working when the second starts.
-    first = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "cleanup", "--batch-size", "1"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_job(env, "cleanup", "--batch-size", "1")
     try:
         assert first.stderr is not None
         for line in first.stderr:  # wait for the event, not for a while
@@ -380,17 +385,7 @@ def test_concurrent_migrates_apply_the_migration_once(
         settings.redis_key_prefix,
         [new_task(TaskCreate(title="x")) for _ in range(3000)],
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jobs", "migrate"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [start_job(env, "migrate") for _ in range(2)]
     summaries = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -430,14 +425,7 @@ def test_jobs_refuse_a_layout_newer_than_the_build(
 def test_migrate_waits_for_redis_to_come_up(make_settings) -> None:  # type: ignore[no-untyped-def]
     server = RedisServer()  # not started yet: the hook Job runs as Redis is being created
     settings = make_settings("redis", redis_url=server.url)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs", "migrate", "--wait", "60"],
-        env=job_env(settings),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_job(job_env(settings), "migrate", "--wait", "60")
     try:
         assert proc.stderr is not None
         first_log = json.loads(proc.stderr.readline())
