@@ -108,16 +108,19 @@ class RedisKeys:
 
 
 # Redis-side checks that must be atomic with the write they guard.
-_DELETE_UNCHANGED = """
-local n = #KEYS - 4
-local deleted = {}
+# KEYS of the batch scripts: the index keys (RedisKeys.indexes: all, then one per status), then
+# one task key per task.
+_INDEXES = 1 + len(Status)
+_DELETE_UNCHANGED = f"""
+local n = #KEYS - {_INDEXES}
+local deleted = {{}}
 for i = 1, n do
   local base = (i - 1) * 4
-  local current = redis.call('HMGET', KEYS[4 + i], 'status', 'updated_at', 'completed_at')
+  local current = redis.call('HMGET', KEYS[{_INDEXES} + i], 'status', 'updated_at', 'completed_at')
   if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
       and current[3] == ARGV[base + 4] then
-    redis.call('DEL', KEYS[4 + i])
-    for k = 1, 4 do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
+    redis.call('DEL', KEYS[{_INDEXES} + i])
+    for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
     deleted[#deleted + 1] = ARGV[base + 1]
   end
 end
@@ -125,25 +128,25 @@ return deleted
 """
 _FIELDS = tuple(Task.model_fields)
 assert _FIELDS[0] == "id"
-# ARGV per task: its status index's position in KEYS (2-4), then the fields in _FIELDS order
+# ARGV per task: its status index's position in KEYS (2 on), then the fields in _FIELDS order
 # (id first).
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
 _PUT = (
     _LUA_FIELD_NAMES
-    + """
+    + f"""
 local width = 1 + #names
-for i = 1, #KEYS - 4 do
+for i = 1, #KEYS - {_INDEXES} do
   local base = (i - 1) * width
   local id = ARGV[base + 2]
-  local fields = {}
+  local fields = {{}}
   for f = 1, #names do
     fields[2 * f - 1] = names[f]
     fields[2 * f] = ARGV[base + 1 + f]
   end
-  redis.call('DEL', KEYS[4 + i])
-  redis.call('HSET', KEYS[4 + i], unpack(fields))
+  redis.call('DEL', KEYS[{_INDEXES} + i])
+  redis.call('HSET', KEYS[{_INDEXES} + i], unpack(fields))
   redis.call('ZADD', KEYS[1], 0, id)
-  for k = 2, 4 do
+  for k = 2, {_INDEXES} do
     if k == tonumber(ARGV[base + 1]) then
       redis.call('ZADD', KEYS[k], 0, id)
     else
@@ -151,7 +154,7 @@ for i = 1, #KEYS - 4 do
     end
   end
 end
-return #KEYS - 4
+return #KEYS - {_INDEXES}
 """
 )
 _RENEW_LOCK = """
