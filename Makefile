@@ -93,7 +93,7 @@ run: venv ## serve on :8080 with the in-memory store
 
 .PHONY: test
 test: venv system-deps tools ## install what the tests need and run them (real Redis, helm, buildah)
-	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not e2e and not node" $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: venv tools system-deps ## ruff, mypy --strict, hadolint, actionlint, helm lint
@@ -133,13 +133,13 @@ image: ## build $(IMAGE): docker when a daemon answers, else buildah (BASE_IMAGE
 
 .PHONY: image-base
 image-base: system-deps ## local stand-in for python:3.11-slim-bookworm (debootstrap + buildah, cached; root)
-	bash tests/image/standin_base.sh $(STANDIN_BASE)
+	bash tests/image/standin.sh python $(STANDIN_BASE)
 
 # --- cluster (rung 4) ---
 # A real Kubernetes control plane for the e2e tests, built from the Go module proxy: etcd, kube-apiserver,
 # kube-controller-manager, kube-scheduler (one multi-call binary `kube`, which is also the pinned kubectl)
 # and kwok for fake nodes. Pins live in the wrapper modules' go.mod files (tests/e2e/controlplane/);
-# tests/e2e/cluster.py runs them on 127.0.0.1 with state in .cache/cluster/.
+# tests/e2e/cluster/ runs them on 127.0.0.1 with state in .cache/cluster/.
 CONTROLPLANE := tests/e2e/controlplane
 KUBE_VERSION := $(shell sed -n 's/^[[:space:]]*\(require \)\{0,1\}k8s.io\/kubernetes \(v[0-9.]*\).*/\2/p' $(CONTROLPLANE)/go.mod)
 KUBE_MINOR   := $(word 2,$(subst ., ,$(KUBE_VERSION)))
@@ -152,9 +152,9 @@ KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go
 BUILD_TIME   := $(if $(wildcard /usr/bin/time),/usr/bin/time -f "  built in %e s wall; peak RSS %M KB",)
 
 $(BIN)/kube-$(KUBE_VERSION): $(CONTROLPLANE)/go.mod $(CONTROLPLANE)/go.sum $(CONTROLPLANE)/main.go
-	@echo "building kube $(KUBE_VERSION) (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); cold: ~10+ min"
+	@echo "building kube $(KUBE_VERSION) (control plane, kubelet, kube-proxy, kubectl); cold: ~10+ min"
 	cd $(CONTROLPLANE) && $(BUILD_TIME) go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/kube .
-	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf kube $(BIN)/$$c; done
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do ln -sf kube $(BIN)/$$c; done
 	rm -f $(BIN)/kube-v*; touch $@
 
 $(BIN)/etcd-$(ETCD_VERSION): $(CONTROLPLANE)/etcd/go.mod $(CONTROLPLANE)/etcd/go.sum $(CONTROLPLANE)/etcd/main.go
@@ -184,4 +184,82 @@ cluster-status: ## show the local control plane's processes and version
 .PHONY: e2e
 e2e: venv tools cluster-tools ## rung 4: e2e tests on the local control plane (reuses one from cluster-up)
 	$(VENV)/bin/pytest -m e2e tests/e2e $(PYTEST_ARGS)
+
+# --- node (rung 5) ---
+# A real node beside that control plane: kubelet and kube-proxy (in `kube`), containerd + runc, CoreDNS,
+# crictl and the pause image, all built here from pinned sources. containerd v2.2.9 is the last patch of
+# the 2.2 line, the newest whose go.mod `go install` accepts and whose CI runs runc v1.3.6, the last runc
+# line before cgroup v1 was deprecated (this runner is cgroup v1). runc needs cgo and libseccomp for
+# seccomp, which PodSecurity "restricted" forces on every pod (RuntimeDefault).
+CONTAINERD_VERSION := v2.2.9
+RUNC_VERSION       := v1.3.6
+CRICTL_VERSION     := v1.34.0
+PAUSE_VERSION      := 3.10.1
+COREDNS_DIR        := $(CONTROLPLANE)/coredns
+COREDNS_VERSION    := $(shell sed -n 's/^require github.com\/coredns\/coredns \(v[0-9.]*\)/\1/p' $(COREDNS_DIR)/go.mod)
+
+$(BIN)/containerd-$(CONTAINERD_VERSION):
+	GOBIN=$(BIN) CGO_ENABLED=0 $(BUILD_TIME) go install -trimpath \
+	  -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$(CONTAINERD_VERSION)" \
+	  github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD_VERSION) \
+	  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD_VERSION) \
+	  github.com/containerd/containerd/v2/cmd/ctr@$(CONTAINERD_VERSION)
+	rm -f $(BIN)/containerd-v*; touch $@
+
+$(BIN)/runc-$(RUNC_VERSION):
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="libseccomp-dev pkg-config"
+	GOBIN=$(BIN) CGO_ENABLED=1 $(BUILD_TIME) go install -trimpath -tags seccomp \
+	  -ldflags "-s -w -X main.version=$(patsubst v%,%,$(RUNC_VERSION))" github.com/opencontainers/runc@$(RUNC_VERSION)
+	rm -f $(BIN)/runc-v*; touch $@
+
+$(BIN)/crictl-$(CRICTL_VERSION):
+	GOBIN=$(BIN) CGO_ENABLED=0 $(BUILD_TIME) go install -trimpath \
+	  -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$(CRICTL_VERSION)" \
+	  sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+	rm -f $(BIN)/crictl-v*; touch $@
+
+$(BIN)/coredns-$(COREDNS_VERSION): $(COREDNS_DIR)/go.mod $(COREDNS_DIR)/go.sum $(COREDNS_DIR)/main.go
+	cd $(COREDNS_DIR) && CGO_ENABLED=0 $(BUILD_TIME) go build -trimpath \
+	  -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$(COREDNS_VERSION)" -o $(BIN)/coredns .
+	rm -f $(BIN)/coredns-v*; touch $@
+
+# The pause binary from the pinned k8s.io/kubernetes module's own source, as upstream builds it.
+$(BIN)/pause-$(PAUSE_VERSION): $(BIN)/kube-$(KUBE_VERSION)
+	cd $(CONTROLPLANE) && src="$$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c" && \
+	  gcc -Os -Wall -Werror -static -DVERSION=v$(PAUSE_VERSION)-tasks -o $(BIN)/pause "$$src"
+	rm -f $(BIN)/pause-[0-9]*; touch $@
+
+.PHONY: node-tools
+node-tools: cluster-tools $(BIN)/containerd-$(CONTAINERD_VERSION) $(BIN)/runc-$(RUNC_VERSION) \
+            $(BIN)/crictl-$(CRICTL_VERSION) $(BIN)/coredns-$(COREDNS_VERSION) $(BIN)/pause-$(PAUSE_VERSION) ## build containerd, runc, crictl, CoreDNS, pause (and the control plane with kubelet, kube-proxy)
+
+REDIS_STANDIN := localhost/tasks-redis:7.0-stand-in
+
+.PHONY: node-images
+node-images: image-base ## the node's images in buildah's store: the app (make image on the stand-in base), the Redis stand-in
+	bash tests/image/standin.sh redis $(REDIS_STANDIN)
+	$(MAKE) --no-print-directory image BASE_IMAGE=$(STANDIN_BASE)
+
+.PHONY: node-up
+node-up: node-tools node-images ## start (or reuse) the control plane + a real node in a private namespace (root)
+	$(PYTHON) -m tests.e2e.cluster --node up
+
+.PHONY: node-down
+node-down: ## stop the node cluster; fails if a process, namespace, cgroup, sysctl or host change is left
+	$(PYTHON) -m tests.e2e.cluster --node down
+
+.PHONY: node-status
+node-status: ## show the node cluster's processes
+	$(PYTHON) -m tests.e2e.cluster --node status
+
+.PHONY: node-shell
+node-shell: ## a shell inside the node's namespaces (KUBECONFIG set, .tools/bin on PATH)
+	$(PYTHON) -m tests.e2e.cluster --node exec -- bash
+
+.PHONY: e2e-node
+e2e-node: venv tools node-tools node-images ## rung 5: up, the real-pod tests (tests/e2e/node), down
+	$(PYTHON) -m tests.e2e.cluster --node up
+	rc=0; $(PYTHON) -m tests.e2e.cluster --node exec -- $(VENV)/bin/pytest -m node tests/e2e/node $(PYTEST_ARGS) || rc=$$?; \
+	$(PYTHON) -m tests.e2e.cluster --node down || rc=$$?; exit $$rc
+# --- end node ---
 # --- end cluster ---

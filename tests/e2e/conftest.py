@@ -1,8 +1,9 @@
 """Shared fixtures for the control-plane e2e tests (rung 4 of the proof ladder).
 
 The session fixture `e2e_cluster` reuses a cluster that `make cluster-up` started (and leaves it
-running), or starts one with tests/e2e/cluster.py and stops it at the end of the session. Without
+running), or starts one (tests/e2e/cluster/kwok.py) and stops it at the end of the session. Without
 the binaries (`make cluster-tools` builds them) the tests fail with a message that says so.
+tests/e2e/node/ overrides `e2e_cluster` with the real node; every other fixture here serves both.
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ import re
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.e2e import cluster
+from tests.e2e.cluster import TOOLS_BIN, kwok
 
 
 @pytest.fixture(scope="session")
 def e2e_cluster():
     """The running cluster's State (server URL, ports, pids, kubeconfig path)."""
-    paths = cluster.Paths()
-    state = cluster.State.load(paths)
-    if cluster.healthy(paths, state):
+    paths = kwok.default_paths()
+    state = kwok.State.load(paths)
+    if kwok.healthy(paths, state):
         yield state  # started by `make cluster-up`: whoever started it stops it
         return
     needed = (
@@ -35,18 +37,17 @@ def e2e_cluster():
         "kubectl",
         "kwok",
     )
-    missing = [b for b in needed if not os.access(cluster.TOOLS_BIN / b, os.X_OK)]
+    missing = [b for b in needed if not os.access(TOOLS_BIN / b, os.X_OK)]
     if missing:
         msg = (
-            f"control-plane binaries missing from {cluster.TOOLS_BIN}: {missing}; "
-            "run `make cluster-tools`"
+            f"control-plane binaries missing from {TOOLS_BIN}: {missing}; run `make cluster-tools`"
         )
         pytest.fail(msg, pytrace=False)
-    state = cluster.up(paths)
+    state = kwok.up(paths)
     try:
         yield state
     finally:
-        cluster.down(paths)
+        kwok.down(paths)
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +72,9 @@ def kubectl(kubeconfig):
     kubectl("get", "pods", "-n", ns) -> CompletedProcess (text); a non-zero exit raises
     AssertionError unless check=False.
     """
-    binary = str(cluster.TOOLS_BIN / "kubectl")
+    binary = str(TOOLS_BIN / "kubectl")
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
-    env["HOME"] = str(cluster.Paths().root)  # no ~/.kube cache or kuberc from the real home
+    env["HOME"] = str(Path(kubeconfig).parent)  # no ~/.kube cache or kuberc from the real home
 
     def run(*args: str, check: bool = True, input: str | None = None, timeout: float = 60):
         proc = subprocess.run(
@@ -155,7 +156,7 @@ def helm(helm_env):
     """
 
     def run(*args: str, check: bool = True, major: int = 3, timeout: float = 240):
-        binary = str(cluster.TOOLS_BIN / ("helm" if major == 3 else "helm4"))
+        binary = str(TOOLS_BIN / ("helm" if major == 3 else "helm4"))
         if not os.access(binary, os.X_OK):
             pytest.fail(f"{binary} missing: run `make tools`", pytrace=False)
         proc = subprocess.run(

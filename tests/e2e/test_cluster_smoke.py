@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e import cluster
+from tests.e2e.cluster import controlplane, kwok
 from tests.e2e.kube import get_json, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def test_version_is_pinned_kubernetes_1_34(k8s, kubectl):
     from kubernetes import client
 
     server = client.VersionApi(k8s).get_code()
-    assert server.git_version.startswith(cluster.KUBE_VERSION_PREFIX), server
+    assert server.git_version.startswith(controlplane.KUBE_VERSION_PREFIX), server
     assert (server.major, server.minor) == ("1", "34")
 
     versions = json.loads(kubectl("version", "-o", "json").stdout)
@@ -50,10 +50,10 @@ def test_version_is_pinned_kubernetes_1_34(k8s, kubectl):
 def test_nodes_are_kwok_nodes_in_three_zones(kubectl):
     nodes = get_json(kubectl, "nodes")["items"]
     by_name = {n["metadata"]["name"]: n for n in nodes}
-    assert set(cluster.NODES) <= set(by_name)
-    zones = {by_name[n]["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in cluster.NODES}
-    assert zones == set(cluster.ZONES)
-    for name in cluster.NODES:
+    assert set(kwok.NODES) <= set(by_name)
+    zones = {by_name[n]["metadata"]["labels"]["topology.kubernetes.io/zone"] for n in kwok.NODES}
+    assert zones == set(kwok.ZONES)
+    for name in kwok.NODES:
         ready = [c for c in by_name[name]["status"]["conditions"] if c["type"] == "Ready"]
         assert ready and ready[0]["status"] == "True", by_name[name]["status"]
 
@@ -97,7 +97,7 @@ def test_deployment_becomes_available_spread_over_zones(kubectl, namespace):
     assert all(p["status"]["phase"] == "Running" for p in pods)
     assert all(p["status"].get("podIP") for p in pods)  # kwok's pod-ready stage assigned IPs
     nodes = {p["spec"]["nodeName"] for p in pods}
-    assert nodes == set(cluster.NODES), "the scheduler spreads one replica per zone"
+    assert nodes == set(kwok.NODES), "the scheduler spreads one replica per zone"
 
 
 @pytest.mark.factor("XII")

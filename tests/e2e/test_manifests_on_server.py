@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.chart.helpers import CI_VALUES
-from tests.e2e import cluster
+from tests.e2e.cluster import TOOLS_BIN
 from tests.e2e.kube import (
     CHART,
     E2E_VALUES,
@@ -97,7 +97,7 @@ def server_dry_run(kubectl, namespace: str, manifest: str) -> list[str]:  # type
 
 
 def kustomize_build(overlay: str) -> str:
-    binary = cluster.TOOLS_BIN / "kustomize"
+    binary = TOOLS_BIN / "kustomize"
     proc = subprocess.run(
         [str(binary), "build", str(KUSTOMIZE / "overlays" / overlay)],
         capture_output=True,

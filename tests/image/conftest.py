@@ -77,7 +77,7 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> float:
 def standin_base(buildah: list[str]) -> str:
     """Debian bookworm + python3 from debootstrap, imported as a local image; made once, cached."""
     require_tool("debootstrap", "make system-deps installs debootstrap")
-    seconds = _run(["bash", str(HERE / "standin_base.sh"), STANDIN_TAG], "stand-in base image")
+    seconds = _run(["bash", str(HERE / "standin.sh"), "python", STANDIN_TAG], "stand-in base image")
     FACTS["stand-in base"] = f"{STANDIN_TAG} ready in {seconds:.0f}s"
     return STANDIN_TAG
 

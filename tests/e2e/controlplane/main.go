@@ -1,4 +1,5 @@
-// Command kube is one multi-call binary holding the Kubernetes control plane and a pinned kubectl,
+// Command kube is one multi-call binary holding the Kubernetes control plane, the node
+// agents (kubelet, kube-proxy) and a pinned kubectl,
 // built from k8s.io/kubernetes as a library (see go.mod). Linking once instead of four times keeps the
 // cold build affordable on a small CI machine.
 //
@@ -12,13 +13,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	_ "time/tzdata" // for timeZone support in CronJob, as the upstream mains do
-
 
 	_ "k8s.io/client-go/plugin/pkg/client/auth" // kubectl: client auth plugins
 	"k8s.io/component-base/cli"
@@ -30,7 +31,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var commands = map[string]func() int{
@@ -38,6 +41,8 @@ var commands = map[string]func() int{
 	"kube-controller-manager": func() int { return cli.Run(controllermanager.NewControllerManagerCommand()) },
 	"kube-scheduler":          func() int { return cli.Run(scheduler.NewSchedulerCommand()) },
 	"kubectl":                 runKubectl,
+	"kubelet":                 func() int { return cli.Run(kubelet.NewKubeletCommand(context.Background())) },
+	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
 }
 
 // runKubectl mirrors k8s.io/kubernetes/cmd/kubectl/kubectl.go.
@@ -58,7 +63,6 @@ func names() string {
 	sort.Strings(n)
 	return strings.Join(n, ", ")
 }
-
 
 func main() {
 	name := strings.TrimSuffix(filepath.Base(os.Args[0]), ".exe")

@@ -1,38 +1,56 @@
 #!/usr/bin/env bash
-# Build a local stand-in for the official `python:3.11-slim-bookworm` image, with no registry:
-# Debian bookworm via debootstrap (Debian's python3 3.11), imported into buildah's store.
+# Build a local stand-in for an official image, with no registry: Debian bookworm via debootstrap,
+# imported into buildah's store. Stand-ins are named for what they are (`...-stand-in`), never
+# re-tagged as the official image.
 #
-# It gives the Dockerfile what it relies on in the official image: `python` on PATH (python → python3),
-# `python -m venv` with pip, useradd/groupadd (passwd), ca-certificates, PATH with /usr/sbin.
+#   python  stand-in for `python:3.11-slim-bookworm` (the Dockerfile's base), with Debian's python3.
+#           It gives the Dockerfile what it relies on in the official image: `python` on PATH
+#           (python → python3), `python -m venv` with pip, useradd/groupadd (passwd),
+#           ca-certificates, PATH with /usr/sbin.
+#   redis   stand-in for the chart's `redis:<version>-alpine`, with Debian's redis-server (7.0): what
+#           the Redis subchart runs is `sh`, `cp`, `redis-server` and `redis-cli`, as UID 999.
+#
 # Idempotent: does nothing when the tag exists; reuses a finished debootstrap in the cache dir.
 #
-#   tests/image/standin_base.sh [TAG]        (root; needs debootstrap and buildah)
+#   tests/image/standin.sh python|redis [TAG]        (root; needs debootstrap and buildah)
 #
 # Env: STANDIN_CACHE (default .cache/image), DEBIAN_MIRROR (default: the host's apt mirror),
 #      STORAGE_DRIVER (default vfs).
 set -euo pipefail
 
-TAG=${1:-localhost/tasks-base-python:3.11-stand-in}
+KIND=${1:?usage: standin.sh python|redis [TAG]}
+case "$KIND" in
+  python)
+    TAG=${2:-localhost/tasks-base-python:3.11-stand-in}
+    PACKAGES=python3,python3-venv,python-is-python3,passwd,ca-certificates,netbase,tzdata
+    CMD=python3
+    DESCRIPTION="Local stand-in for python:3.11-slim-bookworm (Debian python3)" ;;
+  redis)
+    TAG=${2:-localhost/tasks-redis:7.0-stand-in}
+    PACKAGES=redis-server,redis-tools
+    CMD=redis-server
+    DESCRIPTION="Local stand-in for the official redis image (Debian redis-server)" ;;
+  *) echo "standin.sh: unknown stand-in '$KIND' (python or redis)" >&2; exit 2 ;;
+esac
 ROOT_DIR=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${STANDIN_CACHE:-$ROOT_DIR/.cache/image}
-ROOTFS=$CACHE/rootfs
+ROOTFS=$CACHE/rootfs-$KIND
 SUITE=bookworm
-PACKAGES=python3,python3-venv,python-is-python3,passwd,ca-certificates,netbase,tzdata
 buildah() { command buildah --storage-driver "${STORAGE_DRIVER:-vfs}" "$@"; }
 
 have_tag() { buildah images --quiet "$TAG" >/dev/null 2>&1; }
 if have_tag; then
-  echo "stand-in base: $TAG already in the store"
+  echo "stand-in $KIND: $TAG already in the store"
   exit 0
 fi
-[ "$(id -u)" = 0 ] || { echo "standin_base.sh: debootstrap and buildah mount need root" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "standin.sh: debootstrap and buildah mount need root" >&2; exit 1; }
 
 # One builder at a time (parallel test sessions share the cache dir and the tag).
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
+exec 9>"$CACHE/.lock-$KIND"
 flock 9
 if have_tag; then
-  echo "stand-in base: $TAG made meanwhile by another run"
+  echo "stand-in $KIND: $TAG made meanwhile by another run"
   exit 0
 fi
 
@@ -46,10 +64,10 @@ host_mirror() {
 
 if [ ! -e "$ROOTFS/.stand-in-complete" ]; then
   mirror=${DEBIAN_MIRROR:-$(host_mirror)}
-  echo "stand-in base: debootstrap $SUITE from $mirror into $ROOTFS"
+  echo "stand-in $KIND: debootstrap $SUITE from $mirror into $ROOTFS"
   rm -rf "$ROOTFS"
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$mirror" \
-    >"$CACHE/debootstrap.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap.log" >&2; exit 1; }
+    >"$CACHE/debootstrap-$KIND.log" 2>&1 || { tail -n 30 "$CACHE/debootstrap-$KIND.log" >&2; exit 1; }
   # Slim like debian:bookworm-slim: no package caches, lists, docs, man pages or locales.
   rm -rf "$ROOTFS"/var/cache/apt/*.bin "$ROOTFS"/var/cache/apt/archives/*.deb \
          "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/* \
@@ -68,9 +86,9 @@ buildah umount "$ctr" >/dev/null
 buildah config \
   --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --env LANG=C.UTF-8 \
-  --cmd python3 \
-  --label org.opencontainers.image.description="Local stand-in for python:3.11-slim-bookworm (Debian python3)" \
+  --cmd "$CMD" \
+  --label org.opencontainers.image.description="$DESCRIPTION" \
   "$ctr"
 buildah commit --quiet --rm "$ctr" "$TAG" >/dev/null
 trap - EXIT
-echo "stand-in base: committed $TAG"
+echo "stand-in $KIND: committed $TAG"

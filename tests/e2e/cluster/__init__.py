@@ -1,0 +1,19 @@
+"""Test clusters for the e2e rungs, built from pinned sources in .tools/bin (make cluster-tools,
+make node-tools). Both share one contract: `up` starts (or reuses) the cluster and returns its
+State, `status` reports it, `down` stops everything and raises if anything is left behind.
+
+    kwok   rung 4: a real control plane, kwok playing three fake nodes (no container runs)
+    node   rung 5: the same control plane plus one real node (containerd, runc, kubelet,
+           kube-proxy, CoreDNS) in a private network and mount namespace
+
+    python -m tests.e2e.cluster [--node] up|status|down
+    python -m tests.e2e.cluster --node exec -- CMD...   # run CMD inside the node's namespaces
+
+Modules: procs (processes, state), pki (certificates, kubeconfigs), controlplane, kwok, netns
+(the namespace holder), host (sysctls, cgroups, the leftover check), images, node. Only the
+standard library is used: bringing a cluster up needs no virtualenv.
+"""
+
+from tests.e2e.cluster.procs import TOOLS_BIN, ClusterError, Paths, State
+
+__all__ = ["TOOLS_BIN", "ClusterError", "Paths", "State"]

@@ -1,0 +1,94 @@
+"""The images the real node runs, all built on this machine (no registry is reachable, and pods
+never pull): the app image `make image` builds, the Redis stand-in, and the pod sandbox (pause).
+
+They live in buildah's store; `export` writes each to a docker-archive once per image ID, and
+`load` imports the archives into the node's containerd under the names the pods use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from tests.e2e.cluster.procs import ROOT, TOOLS_BIN, ClusterError, log, run
+
+APP = os.environ.get("TASKS_NODE_APP_IMAGE", "localhost/tasks:dev")
+REDIS = "localhost/tasks-redis:7.0-stand-in"
+# Built from the pinned k8s.io/kubernetes module's build/pause (make node-tools), named for what it
+# is; containerd's CRI is told to use it as the sandbox image.
+PAUSE = "localhost/tasks-pause:3.10.1"
+ARCHIVES = ROOT / ".cache" / "node-images"
+STORAGE_DRIVER = os.environ.get("STORAGE_DRIVER", "vfs")
+HOW = {
+    APP: "make image BASE_IMAGE=localhost/tasks-base-python:3.11-stand-in",
+    REDIS: "bash tests/image/standin.sh redis",
+    PAUSE: "make node-tools",
+}
+
+
+def _buildah(*args: str, **kw: object) -> str:
+    exe = shutil.which("buildah")
+    if not exe:
+        raise ClusterError("buildah is missing: run `make system-deps`")
+    return run([exe, "--storage-driver", STORAGE_DRIVER, *args], **kw).stdout.strip()  # type: ignore[arg-type]
+
+
+def image_id(ref: str) -> str | None:
+    ids = _buildah("images", "--quiet", "--no-trunc", ref, check=False)
+    return ids.splitlines()[0].removeprefix("sha256:") if ids else None
+
+
+def build_pause() -> None:
+    """The pause image: the static binary alone, run as 65535 like upstream's."""
+    binary = TOOLS_BIN / "pause"
+    if not binary.exists():
+        raise ClusterError(f"{binary} is missing: run `make node-tools`")
+    ctr = _buildah("from", "scratch")
+    try:
+        _buildah("copy", ctr, str(binary), "/pause")
+        _buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr)
+        _buildah("commit", "--quiet", ctr, PAUSE)
+    finally:
+        _buildah("rm", ctr, check=False)
+
+
+def export() -> list[Path]:
+    """A docker-archive per image (its RepoTags carry the full name), reused while the image ID
+    is the same."""
+    if not image_id(PAUSE):
+        build_pause()
+    ARCHIVES.mkdir(parents=True, exist_ok=True)
+    archives = []
+    for ref in (PAUSE, REDIS, APP):
+        iid = image_id(ref)
+        if not iid:
+            raise ClusterError(f"image {ref} is not in buildah's store: run `{HOW[ref]}`")
+        stem = ref.rsplit("/", 1)[-1].replace(":", "_")
+        archive = ARCHIVES / f"{stem}-{iid[:12]}.tar"
+        if not archive.exists():
+            for old in ARCHIVES.glob(f"{stem}-*.tar"):
+                old.unlink()
+            log(f"exporting {ref} ({iid[:12]})")
+            tmp = archive.with_suffix(".partial")
+            tmp.unlink(missing_ok=True)
+            _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
+            tmp.rename(archive)
+        archives.append(archive)
+    return archives
+
+
+def load(containerd_socket: Path, archives: list[Path]) -> None:
+    """Import into the CRI's namespace (k8s.io), unpacked for the overlayfs snapshotter."""
+    ctr = TOOLS_BIN / "ctr"
+    for archive in archives:
+        run(
+            [ctr, "--address", containerd_socket, "--namespace", "k8s.io", "images", "import",
+             "--digests", "--snapshotter", "overlayfs", archive]
+        )  # fmt: skip
+    listed = run(
+        [ctr, "--address", containerd_socket, "--namespace", "k8s.io", "images", "list", "--quiet"]
+    ).stdout
+    missing = [ref for ref in (PAUSE, REDIS, APP) if ref not in listed.split()]
+    if missing:
+        raise ClusterError(f"images not in containerd after import: {missing}")
