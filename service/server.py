@@ -2,7 +2,8 @@
 
 On the first SIGTERM (or SIGINT):
   1. /readyz answers 503 at once, so the endpoints controller stops routing new traffic here;
-  2. wait TASKS_SHUTDOWN_DELAY_SECONDS while load balancers catch up (we still serve meanwhile);
+  2. wait TASKS_SHUTDOWN_DELAY_SECONDS while load balancers catch up (we still serve meanwhile,
+     each response with `Connection: close`, so keep-alive clients reconnect elsewhere);
   3. close the listener and let in-flight requests finish, for at most
      TASKS_GRACEFUL_TIMEOUT_SECONDS;
   4. close the store (the app's lifespan shutdown) and exit 0.
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.app import create_app
 from service.lifecycle import Lifecycle
@@ -41,6 +43,30 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+class CloseConnectionsWhenDraining:
+    """Once draining, every response says `Connection: close`. A keep-alive client then opens a
+    new connection, which kube-proxy sends to a pod still ready, instead of keeping the old one
+    until the listener closes it: a request sent on an idle connection just as it is closed is
+    lost (the client reads EOF), and busy clients would meet that race on every rollout."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.lifecycle.draining:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
 
 
 class GracefulServer(uvicorn.Server):
@@ -85,7 +111,7 @@ def serve(settings: Settings) -> int:
     """Serve on settings.host:settings.port until a signal; the process exit code."""
     lifecycle = Lifecycle()
     config = uvicorn.Config(
-        create_app(settings, lifecycle),
+        CloseConnectionsWhenDraining(create_app(settings, lifecycle), lifecycle),
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop when installed

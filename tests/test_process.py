@@ -183,6 +183,23 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0(
 
 
 @pytest.mark.factor("IX")
+def test_while_draining_responses_close_keep_alive_connections(
+    start_service: StartService,
+) -> None:
+    """Clients on a kept-alive connection are told to reconnect (to a pod still ready) during the
+    shutdown delay, before the listener closes under them."""
+    service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="30")
+    with httpx.Client(base_url=service.base_url) as client:
+        before = client.get("/livez")
+        assert before.headers.get("connection") != "close"
+        service.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: client.get("/readyz").status_code == 503, timeout=5, what="draining")
+        during = client.get("/livez")
+        assert during.status_code == 200 and during.headers["connection"] == "close"
+    service.proc.send_signal(signal.SIGINT)  # the delay is long: skip it
+
+
+@pytest.mark.factor("IX")
 def test_a_second_sigint_exits_at_once(start_service: StartService) -> None:
     service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="60")
 
