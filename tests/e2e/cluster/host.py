@@ -4,8 +4,9 @@
   `up`, restored at `down`.
 - cgroups: kubelet and runc create the pods' cgroups under one root of ours in every cgroup v1
   hierarchy; `down` kills what is left in it and removes it.
-- A snapshot of the host's network (links, nftables ruleset, ip_forward), its top-level cgroups and
-  the paths a node would write by default, compared at `down`: a difference is an error.
+- A snapshot of the host's network (links, nftables ruleset, ip_forward), its mounts, its
+  top-level cgroups and the paths a node would write by default, compared at `down`: a difference
+  is an error.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def snapshot() -> dict[str, object]:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         return proc.stdout if proc.returncode == 0 else f"<{cmd[0]} failed: {proc.stderr.strip()}>"
 
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted(line.split()[4] for line in f)
     links = sorted(
         line.split(":")[1].strip().split("@")[0] for line in out("ip", "-o", "link").splitlines()
     )
@@ -138,6 +141,7 @@ def snapshot() -> dict[str, object]:
         "links": links,
         "nftables": out("nft", "list", "ruleset"),
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+        "mounts": mounts,
         "cgroups": {
             str(h): sorted(p.name for p in h.iterdir() if p.is_dir()) for h in hierarchies()
         },
@@ -163,4 +167,4 @@ def check_unchanged(path: Path) -> None:
     if diffs:
         raise ClusterError("the host changed:\n  " + "\n  ".join(diffs))
     path.unlink()
-    log("host unchanged: links, nftables, ip_forward, cgroups, default paths, sysctls")
+    log("host unchanged: links, nftables, ip_forward, mounts, cgroups, default paths, sysctls")

@@ -1,0 +1,98 @@
+"""Fixtures for the real-node tests (rung 5): containers of ours run under a real kubelet.
+
+pytest runs inside the node's network and mount namespace (`make e2e-node`, or `make node-up` then
+`python -m tests.e2e.cluster --node exec -- .venv/bin/pytest -m node tests/e2e/node`), so the API
+server, Service ClusterIPs and pod IPs are all reachable from the tests. The kubectl, helm and k8s
+fixtures of tests/e2e/conftest.py serve this cluster through the `e2e_cluster` override below.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.cluster import State, netns
+from tests.e2e.cluster import node as node_cluster
+from tests.e2e.conftest import _namespace_name
+
+# Figures the tests measured, printed at the end of the run.
+FACTS: dict[str, str] = {}
+# Every namespace of this rung enforces the restricted Pod Security Standard, for real.
+PSS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+@pytest.fixture(scope="session")
+def e2e_cluster() -> State:
+    paths = node_cluster.default_paths()
+    state = State.load(paths)
+    how = (
+        "run `make e2e-node` (or `make node-up`, then "
+        "`python -m tests.e2e.cluster --node exec -- .venv/bin/pytest -m node tests/e2e/node`)"
+    )
+    if not state or not state.holder:
+        pytest.fail(f"the node cluster is not up: {how}", pytrace=False)
+    if not netns.is_inside(state.namespaces):
+        pytest.fail(f"these tests run inside the node's namespaces: {how}", pytrace=False)
+    if not node_cluster.healthy(paths, state):
+        pytest.fail(f"the node cluster is not healthy: see {paths.logs}", pytrace=False)
+    return state
+
+
+def _restricted_namespace(kubectl, name: str) -> str:  # type: ignore[no-untyped-def]
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": PSS}}
+    kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    deadline = time.monotonic() + 30
+    while kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no default ServiceAccount in namespace {name} after 30s")
+        time.sleep(0.2)
+    return name
+
+
+@pytest.fixture
+def namespace(kubectl, request) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    name = _restricted_namespace(kubectl, _namespace_name(request.node.name))
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(kubectl, request) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    name = _restricted_namespace(
+        kubectl, _namespace_name(request.module.__name__.rsplit(".", 1)[-1])
+    )
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def local_volume(kubectl):  # type: ignore[no-untyped-def]
+    """local_volume(namespace, claim) -> PV name: a static local PersistentVolume on the node,
+    reserved for that claim; deleted (with its directory) at the end of the session."""
+    paths = node_cluster.default_paths()
+    made: list[str] = []
+
+    def make(namespace: str, claim: str) -> str:
+        name = f"{namespace}-{claim}"[:63]
+        pv: dict[str, Any] = node_cluster.local_pv(paths, name, namespace, claim)
+        kubectl("apply", "-f", "-", input=json.dumps(pv))
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        kubectl("delete", "pv", name, "--wait=false", check=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    if FACTS:
+        terminalreporter.section("real node")
+        for key, value in FACTS.items():
+            terminalreporter.write_line(f"{key}: {value}")
