@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
 
 from tests.manifests import Obj, find, pod_spec, secret_data
@@ -70,7 +71,9 @@ def template(
 
 
 @functools.cache
-def notes(values_file: str | None = None, sets: tuple[str, ...] = ()) -> str:
+def notes(
+    values_file: str | None = None, sets: tuple[str, ...] = (), release: str = RELEASE
+) -> str:
     """NOTES.txt as `helm install` would print it, rendered offline.
 
     `helm install --dry-run` needs a cluster, and `helm template` drops NOTES.txt; but NOTES.txt is
@@ -87,7 +90,7 @@ def notes(values_file: str | None = None, sets: tuple[str, ...] = ()) -> str:
         result = run_helm(
             [
                 "template",
-                RELEASE,
+                release,
                 str(chart),
                 "--namespace",
                 NAMESPACE,
@@ -148,6 +151,20 @@ def rendered(
     release: str = RELEASE,
 ) -> Rendered:
     return Rendered.parse(template(values_file, kube_version, sets, release=release))
+
+
+def schema_problems(objects: tuple[Obj, ...], kube_version: str) -> list[str]:
+    """What the strict OpenAPI schema of `kube_version` refuses in `objects` (CRD kinds skipped)."""
+    problems = []
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            path = "/".join(str(p) for p in err.path)
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']} at {path}: {err.message}")
+    return problems
 
 
 def container(obj: Obj, name: str | None = None) -> Obj:

@@ -323,7 +323,7 @@ def test_notes_print_the_exact_admin_command(values_file: str | None, fullname: 
     text = notes(values_file)
     command = (
         f"kubectl create job --from=cronjob/{fullname}-cleanup "
-        f"{fullname}-cleanup-manual-<n> -n {NAMESPACE}"
+        f"{fullname}-cleanup-manual-1 -n {NAMESPACE}"
     )
     assert command in text
     assert rendered(values_file).get("CronJob", f"{fullname}-cleanup")

@@ -13,13 +13,13 @@ import yaml
 from tests.chart import values_doc
 from tests.chart.helpers import (
     CHART,
-    CRD_KINDS,
     KUBE_VERSIONS,
     SUBCHART,
     VALUE_FILES,
     load_yaml,
     rendered,
     run_helm,
+    schema_problems,
     template,
     values_args,
     values_id,
@@ -63,15 +63,7 @@ def test_every_rendered_object_is_valid_against_the_strict_kubernetes_schema(
 ) -> None:
     objects = rendered(values_file, kube_version).objects
     assert objects
-    problems = []
-    for obj in objects:
-        if obj["kind"] in CRD_KINDS:
-            continue
-        try:
-            kubernetes_validate.validate(obj, kube_version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            path = "/".join(str(p) for p in err.path)
-            problems.append(f"{obj['kind']}/{obj['metadata']['name']} at {path}: {err.message}")
+    problems = schema_problems(objects, kube_version)
     assert not problems, "\n".join(problems)
 
 

@@ -4,24 +4,70 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* <fullname>: the release name if it contains the chart name (`helm install tasks` → tasks). */}}
+{{/*
+<fullname>: the release name if it contains the chart name (`helm install tasks` → tasks), unless
+that is also the bundled Redis's name (a release called e.g. `tasks-redis`): then, as for any
+other release, <release>-<chart>. So the app and Redis never share a name (tasks.checkNames
+refuses the one way left, overrides that coincide).
+*/}}
 {{- define "tasks.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- $release := .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- if and (contains $name .Release.Name) (ne $release (include "tasks.redis.fullname" .)) }}
+{{- $release }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* <fullname>-<part>, e.g. (include "tasks.partName" (list . "cleanup")). */}}
+{{/*
+<fullname>-<part> in at most <max> characters, the fullname cut to make room:
+(include "tasks.partName" (list . "migrate" 63)).
+*/}}
 {{- define "tasks.partName" -}}
 {{- $ctx := index . 0 }}
-{{- printf "%s-%s" (include "tasks.fullname" $ctx | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" }}
+{{- $part := index . 1 }}
+{{- $room := sub (index . 2) (add1 (len $part)) }}
+{{- printf "%s-%s" (include "tasks.fullname" $ctx | trunc (int $room) | trimSuffix "-") $part }}
+{{- end }}
+
+{{/* The cleanup CronJob: at most 52 characters (the Jobs it creates append an 11-character suffix). */}}
+{{- define "tasks.cleanupName" -}}
+{{- include "tasks.partName" (list . "cleanup" 52) }}
+{{- end }}
+
+{{/* The migrate hook Job: at most 63 characters (its name becomes its pods' job-name label). */}}
+{{- define "tasks.migrateName" -}}
+{{- include "tasks.partName" (list . "migrate" 63) }}
+{{- end }}
+
+{{/* The `helm test` pod: at most 63 characters (its hostname). */}}
+{{- define "tasks.testName" -}}
+{{- include "tasks.partName" (list . "test" 63) }}
+{{- end }}
+
+{{/* The Job NOTES.txt tells users to create from the CronJob: at most 61 characters. */}}
+{{- define "tasks.manualJobName" -}}
+{{- printf "%s-manual-1" (include "tasks.cleanupName" .) }}
+{{- end }}
+
+{{/*
+Fails the render when two objects of one kind would share a name: the app's objects are
+<fullname>, the bundled Redis's <redis fullname> and <redis fullname>-headless. Only overrides
+can make them meet (tasks.fullname avoids it otherwise).
+*/}}
+{{- define "tasks.checkNames" -}}
+{{- if .Values.redis.enabled }}
+{{- $app := include "tasks.fullname" . }}
+{{- $redis := include "tasks.redis.fullname" . }}
+{{- if has $app (list $redis (printf "%s-headless" $redis)) }}
+{{- fail (printf "the app and the bundled Redis would both name objects %q: set fullnameOverride or redis.fullnameOverride so they differ" $app) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "tasks.chart" -}}
@@ -84,18 +130,19 @@ app.kubernetes.io/component: api
 {{- end }}
 
 {{/*
-The redis subchart's full name, by the subchart's own rule ("redis.fullname": <release>-redis).
+The redis subchart's full name, by the subchart's own rule ("redis.fullname": <release>-redis,
+at most 52 characters).
 Mirrored here because the parent cannot render in the subchart's scope; tests check both agree.
 */}}
 {{- define "tasks.redis.fullname" -}}
 {{- if .Values.redis.fullnameOverride }}
-{{- .Values.redis.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.redis.fullnameOverride | trunc 52 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default "redis" .Values.redis.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}

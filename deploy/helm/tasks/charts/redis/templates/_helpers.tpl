@@ -5,20 +5,27 @@
 {{- end }}
 
 {{/*
-Full name: <release>-redis (or <release> if the release name already contains the chart name).
+Full name: <release>-redis (or <release> if the release name already contains the chart name),
+cut to 52 characters: it names the StatefulSet, whose pods carry the label
+controller-revision-hash=<name>-<10-character hash>, and a label value has at most 63.
 The parent chart mirrors this rule in "tasks.redis.fullname"; keep the two in step (tests check it).
 */}}
 {{- define "redis.fullname" -}}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* The StatefulSet's governing (headless) Service: <fullname>-headless, at most 61 characters. */}}
+{{- define "redis.headlessName" -}}
+{{- printf "%s-headless" (include "redis.fullname" .) }}
 {{- end }}
 
 {{- define "redis.labels" -}}
