@@ -503,3 +503,25 @@ def test_redis_auth_can_be_turned_off() -> None:
     assert "env" not in container(r.get("StatefulSet", "tasks-redis"))
     assert "TASKS_REDIS_PASSWORD" not in _env(r, container(r.get("Deployment", "tasks")))
     assert "protected-mode no" in r.get("ConfigMap", "tasks-redis")["data"]["redis.conf"]
+
+
+# --- the Redis subchart: image digest and what uninstall keeps ------------------------------------
+
+
+def test_redis_image_can_be_pinned_by_digest() -> None:
+    digest = "sha256:" + "ab" * 32
+    r = rendered(sets=(f"redis.image.digest={digest}",))
+    image = container(r.get("StatefulSet", "tasks-redis"))["image"]
+    assert image == f"docker.io/library/redis:8.2.2-alpine@{digest}"
+
+
+def test_redis_pvc_is_retained_on_uninstall_unless_told_otherwise() -> None:
+    policy = rendered().get("StatefulSet", "tasks-redis")["spec"][
+        "persistentVolumeClaimRetentionPolicy"
+    ]
+    assert policy == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    deleting = rendered(sets=("redis.persistence.retentionPolicy.whenDeleted=Delete",))
+    spec = deleting.get("StatefulSet", "tasks-redis")["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    ephemeral = rendered("dev-values.yaml").get("StatefulSet", "todo-store")["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in ephemeral
