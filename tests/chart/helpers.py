@@ -26,7 +26,7 @@ KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 RELEASE = "tasks"
 NAMESPACE = "tasks-ns"
 # Kinds with no schema in the Kubernetes OpenAPI (CRDs); checked by assertions instead.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
 
 
 def helm_bin(major: int = 3) -> str:

@@ -39,7 +39,7 @@ RELEASES = sorted(
     key=lambda r: (len(r), r),
 )
 # Everything optional on, so every kind the chart can render is named.
-EVERYTHING: tuple[str, ...] = ()
+EVERYTHING = ("httpRoute.enabled=true",)
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # RFC 1035: Service names
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -106,6 +106,19 @@ app.kubernetes.io/component: api
 {{ include "tasks.redisClientLabelKey" . }}: "true"
 {{- end }}
 
+{{/* The egress rule for DNS lookups: port 53, to networkPolicy.dnsTo or anywhere. */}}
+{{- define "tasks.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
 {{- define "tasks.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "tasks.fullname" .) .Values.serviceAccount.name }}
@@ -262,6 +275,9 @@ env:
 {{- end }}
 volumeMounts:
   {{- include "tasks.tmpMount" $root | nindent 2 }}
+  {{- with $root.Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/* The only writable path of every app container. */}}
@@ -269,6 +285,14 @@ volumeMounts:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{/* The volumes of every pod running an app container: /tmp, then extraVolumes. */}}
+{{- define "tasks.appVolumes" -}}
+{{ include "tasks.tmpVolume" . }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "tasks.tmpMount" -}}
