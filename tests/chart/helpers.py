@@ -191,6 +191,7 @@ EXISTING_SECRETS: dict[str, dict[str, str]] = {
     "managed-redis": {"password": "managed-redis-password-4b1d"},
     "tasks-app-secrets": {"TASKS_API_KEYS": "existing-key-7c2e"},
     "dev-redis": {"pw": "dev-redis-password-2f9a"},
+    "tasks-redis-auth": {"redis-password": "gitops-redis-password-8d3e"},
 }
 
 

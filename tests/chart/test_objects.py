@@ -655,6 +655,74 @@ def test_job_and_test_pods_take_annotations_labels_and_a_priority_class(block: s
     assert "priorityClassName" not in pod_spec(api)  # type: ignore[operator]
 
 
+@pytest.mark.factor("XII")
+def test_migrate_hook_annotations_can_be_replaced_for_argo_cd() -> None:
+    r = rendered(
+        sets=(
+            "migrate.hookAnnotations.helm\\.sh/hook=null",
+            "migrate.hookAnnotations.helm\\.sh/hook-weight=null",
+            "migrate.hookAnnotations.helm\\.sh/hook-delete-policy=null",
+            "migrate.hookAnnotations.argocd\\.argoproj\\.io/hook=Sync",
+            "migrate.hookAnnotations.argocd\\.argoproj\\.io/hook-delete-policy=BeforeHookCreation",
+        )
+    )
+    assert r.get("Job", "tasks-migrate")["metadata"]["annotations"] == {
+        "argocd.argoproj.io/hook": "Sync",
+        "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+    }
+
+
+# --- GitOps: no password generated where nothing can be looked up -------------------------------
+
+
+@pytest.mark.factor("III")
+def test_gitops_values_need_an_existing_redis_secret() -> None:
+    result = run_helm(
+        ["template", "tasks", str(CHART), "--set", "redis.auth.generatePassword=false"]
+    )
+    assert result.returncode != 0
+    assert "redis.auth.existingSecret" in result.stderr
+    r = rendered(
+        sets=("redis.auth.generatePassword=false", "redis.auth.existingSecret=tasks-redis-auth")
+    )
+    assert r.find("Secret", "tasks-redis") is None
+    ref = container(r.get("StatefulSet", "tasks-redis"))["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "tasks-redis-auth"
+
+
+# --- disruption and spreading -------------------------------------------------------------------
+
+
+@pytest.mark.factor("IX")
+def test_pdb_lets_unhealthy_pods_be_evicted() -> None:
+    pdb = rendered("production-values.yaml").get("PodDisruptionBudget", "tasks")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+@pytest.mark.factor("VIII")
+def test_topology_spread_fills_in_only_what_an_entry_leaves_out() -> None:
+    r = rendered(
+        sets=(
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "topologySpreadConstraints[0].labelSelector.matchExpressions[0].key=tier",
+            "topologySpreadConstraints[0].labelSelector.matchExpressions[0].operator=Exists",
+            "topologySpreadConstraints[1].maxSkew=2",
+            "topologySpreadConstraints[1].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[1].whenUnsatisfiable=ScheduleAnyway",
+            "topologySpreadConstraints[1].matchLabelKeys=null",
+        )
+    )
+    own, filled = pod_spec(r.get("Deployment", "tasks"))["topologySpreadConstraints"]  # type: ignore[index]
+    assert own["labelSelector"] == {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    assert own["matchLabelKeys"] == ["pod-template-hash"]
+    api_labels = r.pod_template_meta(r.get("Deployment", "tasks"))["labels"]
+    assert matches(filled["labelSelector"]["matchLabels"], api_labels)
+    for constraint in pod_spec(rendered().get("Deployment", "tasks"))["topologySpreadConstraints"]:  # type: ignore[index]
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
 # --- the Redis subchart: image digest and what uninstall keeps ------------------------------------
 
 

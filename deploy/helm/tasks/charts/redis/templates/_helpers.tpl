@@ -50,11 +50,13 @@ app.kubernetes.io/component: redis
 The password of the Secret we create: the explicit value; else the one already in the cluster
 (lookup), so upgrades and rollbacks keep it; else a new random one (first install).
 Called once per render, from secret.yaml only. `helm template` cannot look up, so it always
-generates there.
+generates there (auth.generatePassword=false refuses instead).
 */}}
 {{- define "redis.password" -}}
 {{- if .Values.auth.password }}
 {{- .Values.auth.password }}
+{{- else if not .Values.auth.generatePassword }}
+{{- fail "redis.auth.generatePassword is false: set redis.auth.existingSecret (or redis.auth.password)" }}
 {{- else }}
 {{- $existing := lookup "v1" "Secret" .Release.Namespace (include "redis.fullname" .) | default dict }}
 {{- $current := dig "data" .Values.auth.existingSecretPasswordKey "" $existing }}
