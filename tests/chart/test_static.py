@@ -250,6 +250,34 @@ def test_cleanup_schedule_accepts_cron_macros_and_five_fields(schedule: str) -> 
     assert result.returncode == 0, result.stderr
 
 
+def _undescribed(schema: dict[str, Any], path: str = "") -> list[str]:
+    missing = []
+    for key, prop in schema.get("properties", {}).items():
+        where = f"{path}.{key}" if path else key
+        if not prop.get("description"):
+            missing.append(where)
+        missing += _undescribed(prop, where)
+    return missing
+
+
+@pytest.mark.parametrize("chart", [CHART, SUBCHART], ids=["tasks", "redis"])
+def test_every_schema_key_has_a_description_generated_from_values_yaml(chart: Any) -> None:
+    text = (chart / "values.schema.json").read_text()
+    assert values_doc.described_schema(chart) == text, "stale descriptions: run `make chart-docs`"
+    schema = json.loads(text)
+    missing = _undescribed(schema)
+    for name, definition in schema["definitions"].items():
+        missing += _undescribed(definition, f"#/definitions/{name}")
+    assert not missing, f"keys without a description: {missing}"
+    image = schema["properties"]["image"]["properties"]
+    values_line = next(
+        line
+        for line in (chart / "values.yaml").read_text().splitlines()
+        if "# -- Image pull" in line
+    )
+    assert image["pullPolicy"]["description"] == values_line.split("# -- ", 1)[1]
+
+
 def test_readme_values_table_is_generated_from_values_yaml() -> None:
     """The chart README's values table is what `make chart-docs` writes from values.yaml."""
     readme = (CHART / "README.md").read_text()
