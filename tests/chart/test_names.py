@@ -136,3 +136,23 @@ def test_overrides_that_give_app_and_redis_one_name_are_refused() -> None:
     assert result.returncode != 0
     assert 'would both name objects "same"' in result.stderr, result.stderr
     assert "redis.fullnameOverride" in result.stderr
+
+
+@pytest.mark.parametrize("release", ["1st", "blue.green"])
+def test_a_release_name_no_service_can_carry_is_refused_with_a_reason(release: str) -> None:
+    """Helm accepts these release names; a Service name must be a DNS label (a letter first)."""
+    result = run_helm(["template", release, str(CHART)])
+    assert result.returncode != 0
+    assert "must start with a letter" in result.stderr, result.stderr
+    ok = run_helm(
+        [
+            "template",
+            release,
+            str(CHART),
+            "--set",
+            "fullnameOverride=tasks-1st",
+            "--set",
+            "redis.fullnameOverride=tasks-1st-redis",
+        ]
+    )
+    assert ok.returncode == 0, ok.stderr

@@ -58,14 +58,22 @@ refuses the one way left, overrides that coincide).
 {{/*
 Fails the render when two objects of one kind would share a name: the app's objects are
 <fullname>, the bundled Redis's <redis fullname> and <redis fullname>-headless. Only overrides
-can make them meet (tasks.fullname avoids it otherwise).
+can make them meet (tasks.fullname avoids it otherwise). Also when a name that names a Service
+is no DNS label (Helm accepts release names such as "1st" or "a.b", Services do not).
 */}}
 {{- define "tasks.checkNames" -}}
-{{- if .Values.redis.enabled }}
 {{- $app := include "tasks.fullname" . }}
+{{- $services := list $app }}
+{{- if .Values.redis.enabled }}
 {{- $redis := include "tasks.redis.fullname" . }}
 {{- if has $app (list $redis (printf "%s-headless" $redis)) }}
 {{- fail (printf "the app and the bundled Redis would both name objects %q: set fullnameOverride or redis.fullnameOverride so they differ" $app) }}
+{{- end }}
+{{- $services = append $services $redis }}
+{{- end }}
+{{- range $services }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "Service name %q must start with a letter and hold only letters, digits and dashes: use another release name, or set fullnameOverride and redis.fullnameOverride" .) }}
 {{- end }}
 {{- end }}
 {{- end }}
