@@ -7,7 +7,8 @@
 # Behind a TLS-intercepting proxy, pass its CA as a build secret; it is mounted for the pip step only
 # and never lands in a layer:  --secret id=ca,src=/path/to/proxy-ca.pem
 
-# Pinned to a minor version on purpose; pin a digest (python:3.11-slim-bookworm@sha256:...) in CI.
+# Pinned to a minor version for local builds; the release passes this tag pinned by digest
+# (BASE_IMAGE in .github/workflows/release.yml).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- build: the locked dependencies in a venv, the code byte-compiled ---------------------------

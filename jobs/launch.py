@@ -31,8 +31,12 @@ from service.settings import Settings
 
 log = logging.getLogger("tasks.jobs.launch")
 
-# Which CronJob runs each admin process: Helm names it `<release>-<name>`, kustomize plain `<name>`.
+# The admin processes that run as a CronJob. With --release the chart's CronJob is found by its
+# labels (its name is cut to fit Kubernetes' limits, so it cannot be guessed); kustomize names it
+# plainly (`cleanup`) and has no release: --cronjob.
 LAUNCHABLE = ("cleanup",)
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 INSTANTIATE = "cronjob.kubernetes.io/instantiate"
 FIELD_MANAGER = "tasks-jobs-launch"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -85,7 +89,11 @@ def job_result(job: Obj) -> str | None:
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("process", choices=LAUNCHABLE, help="the admin process to run now")
-    parser.add_argument("--release", help="Helm release: the CronJob is <release>-<process>")
+    parser.add_argument(
+        "--release",
+        help="Helm release: its CronJob labelled app.kubernetes.io/instance=<release>, "
+        "app.kubernetes.io/component=<process>",
+    )
     parser.add_argument("--cronjob", help="the CronJob's name instead (kustomize: plain `cleanup`)")
     parser.add_argument(
         "-n", "--namespace", help="namespace (default: the kubeconfig context's, or the pod's)"
@@ -103,14 +111,32 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
 
-def _cronjob_name(args: argparse.Namespace) -> str:
+def _check_target(args: argparse.Namespace) -> None:
     if args.cronjob and args.release:
         raise UsageError("give --release or --cronjob, not both")
-    if args.cronjob:
-        return str(args.cronjob)
-    if args.release:
-        return f"{args.release}-{args.process}"
-    raise UsageError("give --release (Helm: CronJob <release>-<process>) or --cronjob NAME")
+    if not (args.cronjob or args.release):
+        raise UsageError("give --release (a Helm release) or --cronjob NAME (kustomize: cleanup)")
+
+
+def release_selector(release: str, process: str) -> str:
+    """The label selector of the chart's CronJob for `process` in `release`."""
+    return f"{INSTANCE_LABEL}={release},{COMPONENT_LABEL}={process}"
+
+
+def find_release_cronjob(batch: Any, namespace: str, release: str, process: str) -> Obj:
+    """The one CronJob of `release` that runs `process`, by its labels (instance + component)."""
+    selector = release_selector(release, process)
+    raw = batch.list_namespaced_cron_job(namespace, label_selector=selector, _preload_content=False)
+    found: list[Obj] = json.loads(raw.data).get("items") or []
+    if not found:
+        raise UsageError(
+            f"no CronJob labelled {selector} in namespace {namespace}"
+            " (kustomize installs name it plain: --cronjob)"
+        )
+    if len(found) > 1:
+        names = ", ".join(sorted(c["metadata"]["name"] for c in found))
+        raise UsageError(f"several CronJobs labelled {selector}: {names}; pick one with --cronjob")
+    return found[0]
 
 
 def _kube() -> Any:
@@ -162,23 +188,27 @@ def _body(exc: Exception) -> str:
 
 def launch(args: argparse.Namespace) -> Summary:
     """Create the Job and wait for it (blocking: runs in a worker thread)."""
-    cronjob_name = _cronjob_name(args)
+    _check_target(args)
     kube = _kube()
     api, namespace = _client(kube, args)
     ApiException = kube.client.exceptions.ApiException
     batch = kube.client.BatchV1Api(api)
-    summary: Summary = {"namespace": namespace, "cronjob": cronjob_name}
+    summary: Summary = {"namespace": namespace}
     try:
         try:
-            raw = batch.read_namespaced_cron_job(cronjob_name, namespace, _preload_content=False)
+            if args.release:
+                cronjob = find_release_cronjob(batch, namespace, args.release, args.process)
+            else:
+                raw = batch.read_namespaced_cron_job(
+                    args.cronjob, namespace, _preload_content=False
+                )
+                cronjob = json.loads(raw.data)
         except ApiException as exc:
             if exc.status == 404:
-                raise UsageError(
-                    f"no CronJob {cronjob_name} in namespace {namespace}"
-                    + ("" if args.cronjob else " (kustomize installs name it plain: --cronjob)")
-                ) from exc
-            raise JobFailed(f"reading CronJob {cronjob_name}: {_body(exc)}", summary) from exc
-        cronjob = json.loads(raw.data)
+                raise UsageError(f"no CronJob {args.cronjob} in namespace {namespace}") from exc
+            raise JobFailed(f"reading the CronJob: {_body(exc)}", summary) from exc
+        cronjob_name = cronjob["metadata"]["name"]
+        summary["cronjob"] = cronjob_name
         body = job_from_cronjob(cronjob, args.name)
         try:
             raw = batch.create_namespaced_job(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
 
 from tests.manifests import Obj, find, pod_spec, secret_data
@@ -25,7 +26,7 @@ KUBE_VERSIONS = ["1.30.0", "1.37.0"]
 RELEASE = "tasks"
 NAMESPACE = "tasks-ns"
 # Kinds with no schema in the Kubernetes OpenAPI (CRDs); checked by assertions instead.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "HTTPRoute"}
 
 
 def helm_bin(major: int = 3) -> str:
@@ -70,7 +71,9 @@ def template(
 
 
 @functools.cache
-def notes(values_file: str | None = None, sets: tuple[str, ...] = ()) -> str:
+def notes(
+    values_file: str | None = None, sets: tuple[str, ...] = (), release: str = RELEASE
+) -> str:
     """NOTES.txt as `helm install` would print it, rendered offline.
 
     `helm install --dry-run` needs a cluster, and `helm template` drops NOTES.txt; but NOTES.txt is
@@ -87,7 +90,7 @@ def notes(values_file: str | None = None, sets: tuple[str, ...] = ()) -> str:
         result = run_helm(
             [
                 "template",
-                RELEASE,
+                release,
                 str(chart),
                 "--namespace",
                 NAMESPACE,
@@ -150,6 +153,20 @@ def rendered(
     return Rendered.parse(template(values_file, kube_version, sets, release=release))
 
 
+def schema_problems(objects: tuple[Obj, ...], kube_version: str) -> list[str]:
+    """What the strict OpenAPI schema of `kube_version` refuses in `objects` (CRD kinds skipped)."""
+    problems = []
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            path = "/".join(str(p) for p in err.path)
+            problems.append(f"{obj['kind']}/{obj['metadata']['name']} at {path}: {err.message}")
+    return problems
+
+
 def container(obj: Obj, name: str | None = None) -> Obj:
     spec = pod_spec(obj)
     assert spec is not None, f"{obj['kind']} has no pod template"
@@ -174,6 +191,7 @@ EXISTING_SECRETS: dict[str, dict[str, str]] = {
     "managed-redis": {"password": "managed-redis-password-4b1d"},
     "tasks-app-secrets": {"TASKS_API_KEYS": "existing-key-7c2e"},
     "dev-redis": {"pw": "dev-redis-password-2f9a"},
+    "tasks-redis-auth": {"redis-password": "gitops-redis-password-8d3e"},
 }
 
 

@@ -21,6 +21,7 @@ from tests.chart.helpers import (
     matches,
     notes,
     rendered,
+    run_helm,
     values_id,
 )
 from tests.manifests import pod_spec, resolve_env
@@ -323,7 +324,7 @@ def test_notes_print_the_exact_admin_command(values_file: str | None, fullname: 
     text = notes(values_file)
     command = (
         f"kubectl create job --from=cronjob/{fullname}-cleanup "
-        f"{fullname}-cleanup-manual-<n> -n {NAMESPACE}"
+        f"{fullname}-cleanup-manual-1 -n {NAMESPACE}"
     )
     assert command in text
     assert rendered(values_file).get("CronJob", f"{fullname}-cleanup")
@@ -396,6 +397,7 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
             f"externalRedis.url={url}",
             "externalRedis.existingSecret=managed-redis",
             "externalRedis.existingSecretPasswordKey=password",
+            "networkPolicy.restrictEgress=false",
         )
     )
     bundled = rendered()
@@ -430,6 +432,8 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
 
 # --- NetworkPolicy ------------------------------------------------------------------------------
 
+DNS_RULE = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
+
 
 def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> None:
     r = rendered()
@@ -442,7 +446,8 @@ def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> N
     redis_policy = r.get("NetworkPolicy", "tasks-redis")
     redis_labels = r.pod_template_meta(r.get("StatefulSet", "tasks-redis"))["labels"]
     assert matches(redis_policy["spec"]["podSelector"]["matchLabels"], redis_labels)
-    assert redis_policy["spec"]["policyTypes"] == ["Ingress"]
+    assert redis_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert redis_policy["spec"]["egress"] == [DNS_RULE]
     (rule,) = redis_policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
     (peer,) = rule["from"]
@@ -503,3 +508,238 @@ def test_redis_auth_can_be_turned_off() -> None:
     assert "env" not in container(r.get("StatefulSet", "tasks-redis"))
     assert "TASKS_REDIS_PASSWORD" not in _env(r, container(r.get("Deployment", "tasks")))
     assert "protected-mode no" in r.get("ConfigMap", "tasks-redis")["data"]["redis.conf"]
+
+
+def _selected(r: Rendered, policy: Obj) -> set[str]:
+    """Components of the pods a NetworkPolicy selects."""
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    return {
+        r.pod_template_meta(o)["labels"].get("app.kubernetes.io/component", o["kind"])
+        for o, _ in r.pod_templates()
+        if matches(selector, r.pod_template_meta(o)["labels"])
+    }
+
+
+def test_api_and_jobs_may_open_connections_only_to_dns_and_redis() -> None:
+    r = rendered()
+    (policy,) = [p for p in r.of_kind("NetworkPolicy") if p["spec"]["policyTypes"] == ["Egress"]]
+    assert _selected(r, policy) == {"api", "cleanup", "migrate"}
+    dns, to_redis = policy["spec"]["egress"]
+    assert dns == DNS_RULE
+    (peer,) = to_redis["to"]
+    assert set(peer) == {"podSelector"}
+    redis_labels = r.pod_template_meta(r.get("StatefulSet", "tasks-redis"))["labels"]
+    assert matches(peer["podSelector"]["matchLabels"], redis_labels)
+    assert not matches(
+        peer["podSelector"]["matchLabels"],
+        r.pod_template_meta(r.get("Deployment", "tasks"))["labels"],
+    )
+    assert to_redis["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    # The Redis pods: DNS only, whatever the app's egress setting.
+    assert _selected(r, r.get("NetworkPolicy", "tasks-redis")) == {"redis"}
+    open_egress = rendered(sets=("networkPolicy.restrictEgress=false",))
+    assert open_egress.find("NetworkPolicy", "tasks-egress") is None
+    assert open_egress.get("NetworkPolicy", "tasks-redis")["spec"]["egress"] == [DNS_RULE]
+
+
+def test_dns_egress_can_be_pinned_to_the_cluster_dns() -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}
+    r = rendered(
+        sets=(
+            "networkPolicy.dnsTo[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name"
+            "=kube-system",
+        )
+    )
+    for name in ("tasks-egress", "tasks-redis"):
+        (dns, *_) = r.get("NetworkPolicy", name)["spec"]["egress"]
+        assert dns == {**DNS_RULE, "to": [peer]}
+
+
+@pytest.mark.factor("IV")
+def test_external_redis_egress_comes_from_extra_egress_or_is_refused() -> None:
+    r = rendered("external-redis-values.yaml")
+    policy = r.get("NetworkPolicy", "tasks-egress")
+    dns, external = policy["spec"]["egress"]
+    assert dns == DNS_RULE
+    assert (
+        external
+        == load_yaml(CHART / "ci" / "external-redis-values.yaml")["networkPolicy"]["extraEgress"][0]
+    )
+    result = run_helm(
+        [
+            "template",
+            "tasks",
+            str(CHART),
+            "--set",
+            "redis.enabled=false",
+            "--set",
+            "externalRedis.url=redis://r.example.com:6379/0",
+        ]
+    )
+    assert result.returncode != 0
+    assert "networkPolicy.extraEgress" in result.stderr
+    assert "networkPolicy.restrictEgress=false" in result.stderr
+
+
+# --- HTTPRoute -----------------------------------------------------------------------------------
+
+
+def test_http_route_is_off_by_default_and_routes_to_the_api_service() -> None:
+    assert not rendered().of_kind("HTTPRoute")
+    r = rendered(
+        sets=(
+            "httpRoute.enabled=true",
+            "httpRoute.hostnames[0]=tasks.example.com",
+            "httpRoute.parentRefs[0].name=public",
+            "httpRoute.parentRefs[0].namespace=gateways",
+        )
+    )
+    route = r.get("HTTPRoute", "tasks")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    spec = route["spec"]
+    assert spec["parentRefs"] == [{"name": "public", "namespace": "gateways"}]
+    assert spec["hostnames"] == ["tasks.example.com"]
+    (rule,) = spec["rules"]
+    service = r.get("Service", "tasks")
+    assert rule["backendRefs"] == [{"name": "tasks", "port": service["spec"]["ports"][0]["port"]}]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+
+
+# --- extra volumes, and the job and test pods' metadata -----------------------------------------
+
+CA_VOLUME = {"name": "redis-ca", "configMap": {"name": "redis-ca"}}
+CA_MOUNT = {"name": "redis-ca", "mountPath": "/etc/tasks/ca", "readOnly": True}
+
+
+def test_extra_volumes_reach_the_api_and_job_pods_only() -> None:
+    r = rendered(
+        sets=(
+            "extraVolumes[0].name=redis-ca",
+            "extraVolumes[0].configMap.name=redis-ca",
+            "extraVolumeMounts[0].name=redis-ca",
+            "extraVolumeMounts[0].mountPath=/etc/tasks/ca",
+            "extraVolumeMounts[0].readOnly=true",
+        )
+    )
+    workloads = app_workloads(r)
+    assert set(workloads) == {"api", "cleanup", "migrate"}
+    for component, obj in workloads.items():
+        assert CA_VOLUME in pod_spec(obj)["volumes"], component  # type: ignore[index]
+        assert CA_MOUNT in container(obj)["volumeMounts"], component
+    (test_pod,) = r.of_kind("Pod")
+    assert CA_VOLUME not in pod_spec(test_pod)["volumes"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("block", ["cleanup", "migrate", "test"])
+def test_job_and_test_pods_take_annotations_labels_and_a_priority_class(block: str) -> None:
+    r = rendered(
+        sets=(
+            f"{block}.podAnnotations.example\\.com/owner=platform",
+            f"{block}.podLabels.team=platform",
+            f"{block}.priorityClassName=batch-low",
+        )
+    )
+    component = {"test": "test"}.get(block, block)
+    (obj,) = [
+        o
+        for o, _ in r.pod_templates()
+        if r.pod_template_meta(o)["labels"].get("app.kubernetes.io/component") == component
+    ]
+    meta = r.pod_template_meta(obj)
+    assert meta["annotations"]["example.com/owner"] == "platform"
+    assert meta["labels"]["team"] == "platform"
+    assert pod_spec(obj)["priorityClassName"] == "batch-low"  # type: ignore[index]
+    # Only that pod: the API pods keep their own settings.
+    api = r.get("Deployment", "tasks")
+    assert "example.com/owner" not in r.pod_template_meta(api)["annotations"]
+    assert "priorityClassName" not in pod_spec(api)  # type: ignore[operator]
+
+
+@pytest.mark.factor("XII")
+def test_migrate_hook_annotations_can_be_replaced_for_argo_cd() -> None:
+    r = rendered(
+        sets=(
+            "migrate.hookAnnotations.helm\\.sh/hook=null",
+            "migrate.hookAnnotations.helm\\.sh/hook-weight=null",
+            "migrate.hookAnnotations.helm\\.sh/hook-delete-policy=null",
+            "migrate.hookAnnotations.argocd\\.argoproj\\.io/hook=Sync",
+            "migrate.hookAnnotations.argocd\\.argoproj\\.io/hook-delete-policy=BeforeHookCreation",
+        )
+    )
+    assert r.get("Job", "tasks-migrate")["metadata"]["annotations"] == {
+        "argocd.argoproj.io/hook": "Sync",
+        "argocd.argoproj.io/hook-delete-policy": "BeforeHookCreation",
+    }
+
+
+# --- GitOps: no password generated where nothing can be looked up -------------------------------
+
+
+@pytest.mark.factor("III")
+def test_gitops_values_need_an_existing_redis_secret() -> None:
+    result = run_helm(
+        ["template", "tasks", str(CHART), "--set", "redis.auth.generatePassword=false"]
+    )
+    assert result.returncode != 0
+    assert "redis.auth.existingSecret" in result.stderr
+    r = rendered(
+        sets=("redis.auth.generatePassword=false", "redis.auth.existingSecret=tasks-redis-auth")
+    )
+    assert r.find("Secret", "tasks-redis") is None
+    ref = container(r.get("StatefulSet", "tasks-redis"))["env"][0]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "tasks-redis-auth"
+
+
+# --- disruption and spreading -------------------------------------------------------------------
+
+
+@pytest.mark.factor("IX")
+def test_pdb_lets_unhealthy_pods_be_evicted() -> None:
+    pdb = rendered("production-values.yaml").get("PodDisruptionBudget", "tasks")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+@pytest.mark.factor("VIII")
+def test_topology_spread_fills_in_only_what_an_entry_leaves_out() -> None:
+    r = rendered(
+        sets=(
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+            "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule",
+            "topologySpreadConstraints[0].labelSelector.matchExpressions[0].key=tier",
+            "topologySpreadConstraints[0].labelSelector.matchExpressions[0].operator=Exists",
+            "topologySpreadConstraints[1].maxSkew=2",
+            "topologySpreadConstraints[1].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[1].whenUnsatisfiable=ScheduleAnyway",
+            "topologySpreadConstraints[1].matchLabelKeys=null",
+        )
+    )
+    own, filled = pod_spec(r.get("Deployment", "tasks"))["topologySpreadConstraints"]  # type: ignore[index]
+    assert own["labelSelector"] == {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    assert own["matchLabelKeys"] == ["pod-template-hash"]
+    api_labels = r.pod_template_meta(r.get("Deployment", "tasks"))["labels"]
+    assert matches(filled["labelSelector"]["matchLabels"], api_labels)
+    for constraint in pod_spec(rendered().get("Deployment", "tasks"))["topologySpreadConstraints"]:  # type: ignore[index]
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+
+
+# --- the Redis subchart: image digest and what uninstall keeps ------------------------------------
+
+
+def test_redis_image_can_be_pinned_by_digest() -> None:
+    digest = "sha256:" + "ab" * 32
+    r = rendered(sets=(f"redis.image.digest={digest}",))
+    image = container(r.get("StatefulSet", "tasks-redis"))["image"]
+    assert image == f"docker.io/library/redis:8.2.2-alpine@{digest}"
+
+
+def test_redis_pvc_is_retained_on_uninstall_unless_told_otherwise() -> None:
+    policy = rendered().get("StatefulSet", "tasks-redis")["spec"][
+        "persistentVolumeClaimRetentionPolicy"
+    ]
+    assert policy == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    deleting = rendered(sets=("redis.persistence.retentionPolicy.whenDeleted=Delete",))
+    spec = deleting.get("StatefulSet", "tasks-redis")["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    ephemeral = rendered("dev-values.yaml").get("StatefulSet", "todo-store")["spec"]
+    assert "persistentVolumeClaimRetentionPolicy" not in ephemeral

@@ -13,13 +13,13 @@ import yaml
 from tests.chart import values_doc
 from tests.chart.helpers import (
     CHART,
-    CRD_KINDS,
     KUBE_VERSIONS,
     SUBCHART,
     VALUE_FILES,
     load_yaml,
     rendered,
     run_helm,
+    schema_problems,
     template,
     values_args,
     values_id,
@@ -38,7 +38,9 @@ def test_helm_lint_strict_passes(values_file: str | None) -> None:
 def test_chart_declares_supported_kubernetes_and_the_redis_dependency() -> None:
     chart = load_yaml(CHART / "Chart.yaml")
     assert chart["apiVersion"] == "v2"
-    assert chart["kubeVersion"] == ">=1.30.0-0 <1.38.0-0"
+    # A floor, no ceiling: a ceiling makes every release un-upgradable once the cluster passes it.
+    assert chart["kubeVersion"] == ">=1.30.0-0"
+    assert load_yaml(SUBCHART / "Chart.yaml")["kubeVersion"] == chart["kubeVersion"]
     assert chart["dependencies"] == [
         {
             "name": "redis",
@@ -49,11 +51,16 @@ def test_chart_declares_supported_kubernetes_and_the_redis_dependency() -> None:
     ]
 
 
-@pytest.mark.parametrize("version", ["1.29.0", "1.38.0"])
-def test_unsupported_kubernetes_versions_are_refused(version: str) -> None:
-    result = run_helm(["template", "tasks", str(CHART), "--kube-version", version])
+def test_kubernetes_older_than_the_floor_is_refused() -> None:
+    result = run_helm(["template", "tasks", str(CHART), "--kube-version", "1.29.0"])
     assert result.returncode != 0
     assert "kubeVersion" in result.stderr or "incompatible" in result.stderr
+
+
+@pytest.mark.parametrize("version", ["1.38.0", "1.45.0"])
+def test_kubernetes_newer_than_the_tested_range_still_renders(version: str) -> None:
+    result = run_helm(["template", "tasks", str(CHART), "--kube-version", version])
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
@@ -63,15 +70,7 @@ def test_every_rendered_object_is_valid_against_the_strict_kubernetes_schema(
 ) -> None:
     objects = rendered(values_file, kube_version).objects
     assert objects
-    problems = []
-    for obj in objects:
-        if obj["kind"] in CRD_KINDS:
-            continue
-        try:
-            kubernetes_validate.validate(obj, kube_version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            path = "/".join(str(p) for p in err.path)
-            problems.append(f"{obj['kind']}/{obj['metadata']['name']} at {path}: {err.message}")
+    problems = schema_problems(objects, kube_version)
     assert not problems, "\n".join(problems)
 
 
@@ -109,6 +108,9 @@ BAD_VALUES = [
     ("redis.bogus=1", ["bogus"]),
     ("redis.auth.enabled=maybe", ["enabled"]),
     ("redis.config.extra=requirepass in-a-configmap", ["extra"]),
+    ("cleanup.schedule=daily", ["schedule"]),
+    ("cleanup.schedule=0 3 * *", ["schedule"]),
+    ("redis.persistence.retentionPolicy.whenDeleted=Keep", ["whenDeleted"]),
 ]
 
 
@@ -238,6 +240,42 @@ def test_helm4_lints_and_renders_the_same_objects(values_file: str | None, helm4
     assert [o for o in yaml.safe_load_all(ours) if o] == [
         o for o in yaml.safe_load_all(theirs) if o
     ]
+
+
+@pytest.mark.parametrize(
+    "schedule", ["@daily", "@hourly", "@every 6h", "*/5 * * * *", "0 3 * * 1-5"]
+)
+def test_cleanup_schedule_accepts_cron_macros_and_five_fields(schedule: str) -> None:
+    result = run_helm(["template", "tasks", str(CHART), "--set", f"cleanup.schedule={schedule}"])
+    assert result.returncode == 0, result.stderr
+
+
+def _undescribed(schema: dict[str, Any], path: str = "") -> list[str]:
+    missing = []
+    for key, prop in schema.get("properties", {}).items():
+        where = f"{path}.{key}" if path else key
+        if not prop.get("description"):
+            missing.append(where)
+        missing += _undescribed(prop, where)
+    return missing
+
+
+@pytest.mark.parametrize("chart", [CHART, SUBCHART], ids=["tasks", "redis"])
+def test_every_schema_key_has_a_description_generated_from_values_yaml(chart: Any) -> None:
+    text = (chart / "values.schema.json").read_text()
+    assert values_doc.described_schema(chart) == text, "stale descriptions: run `make chart-docs`"
+    schema = json.loads(text)
+    missing = _undescribed(schema)
+    for name, definition in schema["definitions"].items():
+        missing += _undescribed(definition, f"#/definitions/{name}")
+    assert not missing, f"keys without a description: {missing}"
+    image = schema["properties"]["image"]["properties"]
+    values_line = next(
+        line
+        for line in (chart / "values.yaml").read_text().splitlines()
+        if "# -- Image pull" in line
+    )
+    assert image["pullPolicy"]["description"] == values_line.split("# -- ", 1)[1]
 
 
 def test_readme_values_table_is_generated_from_values_yaml() -> None:

@@ -1,7 +1,9 @@
-"""The chart README's values table, generated from values.yaml and its `# --` comments.
+"""The chart README's values table and the descriptions in values.schema.json, generated from
+values.yaml and its `# --` comments.
 
-`python -m tests.chart.values_doc` rewrites the table in place (`make chart-docs`);
-tests/chart/test_static.py fails when the README is stale, so values, schema and docs never drift.
+`python -m tests.chart.values_doc` rewrites the table and both charts' schemas in place
+(`make chart-docs`); tests/chart/test_static.py fails when either is stale, so values, schema
+and docs never drift.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -74,6 +77,31 @@ def render() -> str:
     )
 
 
+def _describe(node: yaml.MappingNode, schema: dict[str, Any], lines: list[str]) -> None:
+    """Set each schema property's description from its key's comment, recursing into inline
+    objects (a $ref'd definition keeps the descriptions written in the schema)."""
+    properties = schema.get("properties", {})
+    for key_node, value_node in node.value:
+        prop = properties.get(key_node.value)
+        if prop is None:
+            continue
+        described = _description(lines, key_node.start_mark.line)
+        if described:
+            prop["description"] = described
+        if isinstance(value_node, yaml.MappingNode) and "properties" in prop:
+            _describe(value_node, prop, lines)
+
+
+def described_schema(chart: Path) -> str:
+    """The chart's values.schema.json text with descriptions from its values.yaml."""
+    schema = json.loads((chart / "values.schema.json").read_text())
+    text = (chart / "values.yaml").read_text()
+    root = yaml.compose(text)
+    assert isinstance(root, yaml.MappingNode)
+    _describe(root, schema, text.splitlines())
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
 def updated(readme: str) -> str:
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     if not pattern.search(readme):
@@ -84,4 +112,6 @@ def updated(readme: str) -> str:
 if __name__ == "__main__":
     readme = CHART / "README.md"
     readme.write_text(updated(readme.read_text()))
+    for chart in (CHART, SUBCHART):
+        (chart / "values.schema.json").write_text(described_schema(chart))
     sys.exit(0)

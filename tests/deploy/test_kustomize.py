@@ -277,9 +277,9 @@ def test_redis_component_is_the_charts_redis_with_auth_aof_and_authenticated_pro
     assert {ref["key"] for ref in env.values()} == {"TASKS_REDIS_PASSWORD"}
     assert len({ref["name"] for ref in env.values()}) == 1
     assert "REDISCLI_AUTH" in env, "probes authenticate through redis-cli's env, not argv"
-    script = " ".join(container["command"])
+    script = " ".join(container["command"] + container["args"])
     assert "redis-server /etc/redis/redis.conf -" in script, "config continues on stdin"
-    assert "requirepass $REDIS_PASSWORD" in script
+    assert 'requirepass "$escaped"' in script, "the password, quoted (test_redis_config.py)"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         command = " ".join(container[probe]["exec"]["command"])
         assert "redis-cli" in command and "grep -q PONG" in command

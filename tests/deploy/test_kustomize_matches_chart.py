@@ -217,3 +217,46 @@ def test_base_runs_the_charts_default_image() -> None:
     helm = helm_template()
     images = {container_of(o)["image"] for o in by_kind(base, "Deployment") + by_kind(base, "Job")}
     assert images == {container_of(one(helm, "Deployment", "tasks"))["image"]}
+
+
+def _selected_components(objs: tuple[Obj, ...], policy: Obj) -> set[str]:
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    found = set()
+    for obj in objs:
+        spec = pod_spec(obj)
+        if spec is None:
+            continue
+        meta = (
+            obj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]
+            if obj["kind"] == "CronJob"
+            else obj["metadata"]
+            if obj["kind"] == "Pod"
+            else obj["spec"]["template"]["metadata"]
+        )
+        labels = meta.get("labels", {})
+        if selector.items() <= labels.items():
+            found.add(labels.get("app.kubernetes.io/component", obj["kind"]))
+    return found
+
+
+@pytest.mark.factor("X")
+def test_egress_policies_match_the_chart(chart: tuple[Obj, ...], dev: tuple[Obj, ...]) -> None:
+    """The API and jobs reach only DNS and Redis, Redis only DNS, in both bundles."""
+    for objs, egress, redis in (
+        (dev, "tasks-egress", "redis"),
+        (chart, "tasks-egress", "tasks-redis"),
+    ):
+        policy = one(objs, "NetworkPolicy", egress)
+        assert policy["spec"]["policyTypes"] == ["Egress"]
+        assert _selected_components(objs, policy) == {"api", "cleanup", "migrate"}
+        dns, to_redis = policy["spec"]["egress"]
+        (peer,) = to_redis["to"]
+        statefulset = one(objs, "StatefulSet", redis)
+        redis_labels = statefulset["spec"]["template"]["metadata"]["labels"]
+        assert peer["podSelector"]["matchLabels"].items() <= redis_labels.items()
+        assert to_redis["ports"] == [{"port": 6379, "protocol": "TCP"}]
+        assert one(objs, "NetworkPolicy", redis)["spec"]["egress"] == [dns]
+    mine, helm = (
+        one(objs, "NetworkPolicy", "tasks-egress")["spec"]["egress"][0] for objs in (dev, chart)
+    )
+    assert mine == helm

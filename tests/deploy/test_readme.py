@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import yaml
+
 from tests.deploy.render import KUSTOMIZE_DIR
 from tests.support import ROOT
 
@@ -43,3 +45,25 @@ def test_kind_section_has_the_exact_commands() -> None:
     assert re.search(r"^kind create cluster --name tasks$", text, re.M)
     assert re.search(r"^skaffold dev(\s|$)", text, re.M)
     assert re.search(r"^skaffold dev -p kustomize(\s|$)", text, re.M)
+
+
+def chart_section(title: str) -> str:
+    text = (ROOT / "deploy" / "helm" / "tasks" / "README.md").read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", text, re.M | re.S)
+    assert match, f"the chart README has no '## {title}' section"
+    return match.group(1)
+
+
+def test_chart_upgrades_reset_then_reuse_values() -> None:
+    """--reuse-values would keep the old chart's defaults, so keys a new chart adds go missing."""
+    text = chart_section("Upgrade and rollback")
+    commands = re.findall(r"^helm upgrade .*$", text, re.M)
+    assert commands and all("--reset-then-reuse-values" in c for c in commands), commands
+    assert not any(re.search(r"--reuse-values\b", c) for c in commands)
+
+
+def test_chart_gitops_example_is_the_ci_values_file_the_tests_render() -> None:
+    text = chart_section("GitOps (`helm template`)")
+    (block,) = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    ci = ROOT / "deploy" / "helm" / "tasks" / "ci" / "gitops-values.yaml"
+    assert yaml.safe_load(block) == yaml.safe_load(ci.read_text())

@@ -34,6 +34,10 @@ def steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
     return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
 
 
+def _job_scripts(job: dict[str, Any]) -> str:
+    return "\n".join(step.get("run", "") for step in job.get("steps", []))
+
+
 def run_scripts(path: Path) -> str:
     return "\n".join(step.get("run", "") for step in steps(load(path)))
 
@@ -88,7 +92,12 @@ def test_permissions_are_least_privilege(path: Path) -> None:
     writes = {scope for grant in grants for scope, level in grant.items() if level == "write"}
     if path.name == "release.yml":
         assert workflow["permissions"] == {}, "release: nothing by default, per job only"
-        assert writes == {"packages"}
+        assert writes == {"packages", "id-token", "attestations"}
+        jobs = workflow["jobs"]
+        # The gate only reads workflow runs; only the jobs that sign ask for an OIDC token.
+        assert jobs["gate"]["permissions"] == {"actions": "read"}
+        signing = {name for name, job in jobs.items() if "cosign sign" in _job_scripts(job)}
+        assert {n for n, j in jobs.items() if "id-token" in j.get("permissions", {})} == signing
     else:
         assert workflow["permissions"] == {"contents": "read"}
         assert writes == set()
@@ -223,3 +232,76 @@ def test_e2e_helm_values_pass_the_charts_schema_and_run_the_loaded_image() -> No
     ]
     assert len(app) == 3
     assert {(c["image"], c["imagePullPolicy"]) for c in app} == {(image, "Never")}
+
+
+# --- the release's supply chain ----------------------------------------------------------------
+
+
+def _step(job: dict[str, Any], uses: str) -> dict[str, Any]:
+    (step,) = [s for s in job["steps"] if s.get("uses", "").startswith(f"{uses}@")]
+    return step
+
+
+@pytest.mark.factor("V")
+def test_release_runs_only_for_a_commit_whose_ci_and_e2e_passed() -> None:
+    release = load(WORKFLOWS / "release.yml")
+    jobs = release["jobs"]
+    assert jobs["image"]["needs"] == "gate" and jobs["chart"]["needs"] == "image"
+    gate = _job_scripts(jobs["gate"])
+    for workflow in re.findall(r"for workflow in ([\w. ]+); do", gate)[0].split():
+        assert (WORKFLOWS / workflow).exists(), workflow
+    assert set(re.findall(r"for workflow in ([\w. ]+); do", gate)[0].split()) == {
+        "ci.yml",
+        "e2e.yml",
+    }
+    assert "head_sha=${GITHUB_SHA}&status=success" in gate
+    assert "exit 1" in gate
+    # ci and e2e both run on pushes to main, so a commit released from main has those runs.
+    for name in ("ci.yml", "e2e.yml"):
+        assert "main" in load(WORKFLOWS / name)["on"]["push"]["branches"], name
+
+
+@pytest.mark.factor("V")
+def test_release_builds_on_the_base_image_pinned_by_digest() -> None:
+    release = load(WORKFLOWS / "release.yml")
+    pinned = release["env"]["BASE_IMAGE"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    default = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M)
+    assert default is not None
+    assert re.fullmatch(re.escape(default[1]) + r"@sha256:[0-9a-f]{64}", pinned), pinned
+    build = _step(release["jobs"]["image"], "docker/build-push-action")
+    assert "BASE_IMAGE=${{ env.BASE_IMAGE }}" in build["with"]["build-args"].splitlines()
+    # Checked before the build: a single-platform digest would build arm64 on an amd64 base.
+    check = _job_scripts(release["jobs"]["image"])
+    assert 'imagetools inspect --raw "$BASE_IMAGE"' in check
+    assert '"linux/amd64"' in check and '"linux/arm64"' in check
+
+
+@pytest.mark.factor("V")
+def test_release_signs_the_image_and_the_chart_and_attests_their_provenance() -> None:
+    jobs = load(WORKFLOWS / "release.yml")["jobs"]
+    image, chart = jobs["image"], jobs["chart"]
+    # The image: SBOM and max provenance attached by the build, then a keyless signature on the
+    # pushed digest (never a tag, which can move).
+    build = _step(image, "docker/build-push-action")
+    assert build["with"]["sbom"] is True and build["with"]["provenance"] == "mode=max"
+    sign_image = next(s for s in image["steps"] if "cosign sign" in s.get("run", ""))
+    assert sign_image["run"] == 'cosign sign --yes "${REPOSITORY}@${DIGEST}"'
+    assert sign_image["env"]["DIGEST"] == "${{ steps.build.outputs.digest }}"
+    # The chart: signed and attested by the digest `helm push` reported.
+    push = next(s for s in chart["steps"] if s.get("id") == "push")
+    assert "Digest:" in push["run"] and '"digest=${chart_digest}"' in push["run"]
+    sign_chart = next(s for s in chart["steps"] if "cosign sign" in s.get("run", ""))
+    assert sign_chart["run"] == 'cosign sign --yes "${CHART}@${CHART_DIGEST}"'
+    assert sign_chart["env"]["CHART_DIGEST"] == "${{ steps.push.outputs.digest }}"
+    attest = _step(chart, "actions/attest-build-provenance")
+    assert attest["with"] == {
+        "subject-name": "${{ steps.push.outputs.name }}",
+        "subject-digest": "${{ steps.push.outputs.digest }}",
+        "push-to-registry": True,
+    }
+    for job in (image, chart):
+        names = [s.get("uses", "").split("@")[0] for s in job["steps"]]
+        assert names.index("sigstore/cosign-installer") < next(
+            i for i, s in enumerate(job["steps"]) if "cosign sign" in s.get("run", "")
+        )

@@ -153,6 +153,7 @@ def test_launch_timeout_exits_1_and_missing_cronjob_exits_2(installed, kubeconfi
     code, summary, stderr = launch(kubeconfig, "cleanup", "--release", "nope", "-n", ns)
     assert code == 2, summary
     assert summary["error"] == (
-        f"no CronJob nope-cleanup in namespace {ns} (kustomize installs name it plain: --cronjob)"
+        "no CronJob labelled app.kubernetes.io/instance=nope,app.kubernetes.io/component=cleanup"
+        f" in namespace {ns} (kustomize installs name it plain: --cronjob)"
     )
     assert summary["error"] in stderr

@@ -4,24 +4,78 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* <fullname>: the release name if it contains the chart name (`helm install tasks` → tasks). */}}
+{{/*
+<fullname>: the release name if it contains the chart name (`helm install tasks` → tasks), unless
+that is also the bundled Redis's name (a release called e.g. `tasks-redis`): then, as for any
+other release, <release>-<chart>. So the app and Redis never share a name (tasks.checkNames
+refuses the one way left, overrides that coincide).
+*/}}
 {{- define "tasks.fullname" -}}
 {{- if .Values.fullnameOverride }}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- $release := .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- if and (contains $name .Release.Name) (ne $release (include "tasks.redis.fullname" .)) }}
+{{- $release }}
 {{- else }}
 {{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
 
-{{/* <fullname>-<part>, e.g. (include "tasks.partName" (list . "cleanup")). */}}
+{{/*
+<fullname>-<part> in at most <max> characters, the fullname cut to make room:
+(include "tasks.partName" (list . "migrate" 63)).
+*/}}
 {{- define "tasks.partName" -}}
 {{- $ctx := index . 0 }}
-{{- printf "%s-%s" (include "tasks.fullname" $ctx | trunc (int (sub 62 (len (index . 1))))) (index . 1) | trimSuffix "-" }}
+{{- $part := index . 1 }}
+{{- $room := sub (index . 2) (add1 (len $part)) }}
+{{- printf "%s-%s" (include "tasks.fullname" $ctx | trunc (int $room) | trimSuffix "-") $part }}
+{{- end }}
+
+{{/* The cleanup CronJob: at most 52 characters (the Jobs it creates append an 11-character suffix). */}}
+{{- define "tasks.cleanupName" -}}
+{{- include "tasks.partName" (list . "cleanup" 52) }}
+{{- end }}
+
+{{/* The migrate hook Job: at most 63 characters (its name becomes its pods' job-name label). */}}
+{{- define "tasks.migrateName" -}}
+{{- include "tasks.partName" (list . "migrate" 63) }}
+{{- end }}
+
+{{/* The `helm test` pod: at most 63 characters (its hostname). */}}
+{{- define "tasks.testName" -}}
+{{- include "tasks.partName" (list . "test" 63) }}
+{{- end }}
+
+{{/* The Job NOTES.txt tells users to create from the CronJob: at most 61 characters. */}}
+{{- define "tasks.manualJobName" -}}
+{{- printf "%s-manual-1" (include "tasks.cleanupName" .) }}
+{{- end }}
+
+{{/*
+Fails the render when two objects of one kind would share a name: the app's objects are
+<fullname>, the bundled Redis's <redis fullname> and <redis fullname>-headless. Only overrides
+can make them meet (tasks.fullname avoids it otherwise). Also when a name that names a Service
+is no DNS label (Helm accepts release names such as "1st" or "a.b", Services do not).
+*/}}
+{{- define "tasks.checkNames" -}}
+{{- $app := include "tasks.fullname" . }}
+{{- $services := list $app }}
+{{- if .Values.redis.enabled }}
+{{- $redis := include "tasks.redis.fullname" . }}
+{{- if has $app (list $redis (printf "%s-headless" $redis)) }}
+{{- fail (printf "the app and the bundled Redis would both name objects %q: set fullnameOverride or redis.fullnameOverride so they differ" $app) }}
+{{- end }}
+{{- $services = append $services $redis }}
+{{- end }}
+{{- range $services }}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "Service name %q must start with a letter and hold only letters, digits and dashes: use another release name, or set fullnameOverride and redis.fullnameOverride" .) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "tasks.chart" -}}
@@ -60,6 +114,19 @@ app.kubernetes.io/component: api
 {{ include "tasks.redisClientLabelKey" . }}: "true"
 {{- end }}
 
+{{/* The egress rule for DNS lookups: port 53, to networkPolicy.dnsTo or anywhere. */}}
+{{- define "tasks.dnsEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with .Values.networkPolicy.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
 {{- define "tasks.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "tasks.fullname" .) .Values.serviceAccount.name }}
@@ -84,18 +151,19 @@ app.kubernetes.io/component: api
 {{- end }}
 
 {{/*
-The redis subchart's full name, by the subchart's own rule ("redis.fullname": <release>-redis).
+The redis subchart's full name, by the subchart's own rule ("redis.fullname": <release>-redis,
+at most 52 characters).
 Mirrored here because the parent cannot render in the subchart's scope; tests check both agree.
 */}}
 {{- define "tasks.redis.fullname" -}}
 {{- if .Values.redis.fullnameOverride }}
-{{- .Values.redis.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- .Values.redis.fullnameOverride | trunc 52 | trimSuffix "-" }}
 {{- else }}
 {{- $name := default "redis" .Values.redis.nameOverride }}
 {{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -215,6 +283,9 @@ env:
 {{- end }}
 volumeMounts:
   {{- include "tasks.tmpMount" $root | nindent 2 }}
+  {{- with $root.Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/* The only writable path of every app container. */}}
@@ -222,6 +293,14 @@ volumeMounts:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end }}
+
+{{/* The volumes of every pod running an app container: /tmp, then extraVolumes. */}}
+{{- define "tasks.appVolumes" -}}
+{{ include "tasks.tmpVolume" . }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "tasks.tmpMount" -}}
