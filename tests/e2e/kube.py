@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,6 +29,21 @@ NAMESPACE_OWN = {"configmap/kube-root-ca.crt", "serviceaccount/default"}
 NOT_INSTALLED_KINDS = {"events", "events.events.k8s.io"}
 
 Obj = dict[str, Any]
+
+
+def kustomize_build(path: Path, *args: str) -> str:
+    """`kustomize build` of a directory with the pinned kustomize."""
+    from tests.e2e.cluster import TOOLS_BIN
+
+    proc = subprocess.run(
+        [str(TOOLS_BIN / "kustomize"), "build", *args, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def wait_until(what: str, check, timeout: float = 60.0, interval: float = 0.5):  # type: ignore[no-untyped-def]

@@ -6,19 +6,18 @@ the server sees anything; Helm 4 installs the chart too."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import yaml
 
 from tests.chart.helpers import CI_VALUES
-from tests.e2e.cluster import TOOLS_BIN
 from tests.e2e.kube import (
     CHART,
     E2E_VALUES,
     KUSTOMIZE,
     condition,
     get_json,
+    kustomize_build,
     namespaced_objects,
     wait_until,
     without_generated_labels,
@@ -96,17 +95,8 @@ def server_dry_run(kubectl, namespace: str, manifest: str) -> list[str]:  # type
     return out.split()
 
 
-def kustomize_build(overlay: str) -> str:
-    binary = TOOLS_BIN / "kustomize"
-    proc = subprocess.run(
-        [str(binary), "build", str(KUSTOMIZE / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+def kustomize_overlay(overlay: str) -> str:
+    return kustomize_build(KUSTOMIZE / "overlays" / overlay)
 
 
 @pytest.mark.factor("V", "X")
@@ -139,7 +129,7 @@ def test_kustomize_overlay_passes_a_server_dry_run(overlay, kubectl, module_name
         ).stdout  # fmt: skip
         kubectl("apply", "-f", "-", input=secret)
     try:
-        manifest = kustomize_build(overlay)
+        manifest = kustomize_overlay(overlay)
         created = server_dry_run(kubectl, module_namespace, manifest)
         for name in ("deployment.apps/tasks", "cronjob.batch/cleanup", "job.batch/migrate",
                      "statefulset.apps/redis"):  # fmt: skip
@@ -164,7 +154,7 @@ def test_kustomize_dev_overlay_applies_and_becomes_available(kubectl, kubeconfig
     # Redis keeps its data on a PVC (the component's volumeClaimTemplate) and nothing provisions
     # volumes here: a PV made for exactly this claim, before the claim exists, binds at once.
     kubectl("apply", "-f", "-", input=json.dumps(reserved_pv(f"{ns}-redis", ns, "data-redis-0")))
-    kubectl("apply", "-n", ns, "-f", "-", input=kustomize_build("dev"))
+    kubectl("apply", "-n", ns, "-f", "-", input=kustomize_overlay("dev"))
     kubectl("rollout", "status", "deployment/tasks", "-n", ns, "--timeout=90s", timeout=120)
     kubectl("rollout", "status", "statefulset/redis", "-n", ns, "--timeout=90s", timeout=120)
     dep = get_json(kubectl, "deployment", "tasks", "-n", ns)

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tests.e2e.cluster.procs import ROOT, TOOLS_BIN, ClusterError, log, run
 
 APP = os.environ.get("TASKS_NODE_APP_IMAGE", "localhost/tasks:dev")
+# The app image with a test-only migration to the next data layout: what an upgrade that changes
+# the layout rolls out (made from APP by next_layout()).
+NEXT_LAYOUT = "localhost/tasks:next-layout"
 REDIS = "localhost/tasks-redis:7.0-stand-in"
 # Built from the pinned k8s.io/kubernetes module's build/pause (make node-tools), named for what it
 # is; containerd's CRI is told to use it as the sandbox image.
@@ -53,14 +57,59 @@ def build_pause() -> None:
         _buildah("rm", ctr, check=False)
 
 
+def next_layout() -> None:
+    """APP plus one no-op migration to layout N+1 (service/store/base.py and migrations.py patched
+    in a layer of its own), rebuilt whenever APP changes."""
+    app = image_id(APP)
+    if not app:
+        raise ClusterError(f"image {APP} is not in buildah's store: run `{HOW[APP]}`")
+    label = "org.tasks.test.next-layout.from"
+    if _buildah("inspect", "--format", f'{{{{index .ImageAnnotations "{label}"}}}}', NEXT_LAYOUT,
+                check=False) == app:  # fmt: skip
+        return
+    store = ROOT / "service" / "store"
+    base = (store / "base.py").read_text()
+    version = int(base.split("LAYOUT_VERSION = ", 1)[1].split("\n", 1)[0])
+    migrations = (store / "migrations.py").read_text()
+    table, check = "MIGRATIONS: tuple[Migration, ...] = (", "\n)\nassert [m.version"
+    if table not in migrations or check not in migrations or "LAYOUT_VERSION = " not in base:
+        raise ClusterError("service/store changed shape: update images.next_layout()")
+    noop = "async def _noop_for_tests(store: RedisTaskStore) -> int:\n    return 0\n\n\n"
+    entry = f'\n    Migration({version + 1}, "test-only: no change", _noop_for_tests),'
+    patched = {
+        "base.py": base.replace(
+            f"LAYOUT_VERSION = {version}\n", f"LAYOUT_VERSION = {version + 1}\n"
+        ),
+        "migrations.py": migrations.replace(table, noop + table).replace(check, entry + check),
+    }
+    ctr = _buildah("from", "--pull=false", APP)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in patched.items():
+                (Path(tmp) / name).write_text(text)
+                _buildah(
+                    "copy",
+                    "--chmod",
+                    "0644",
+                    ctr,
+                    str(Path(tmp) / name),
+                    f"/app/service/store/{name}",
+                )
+        _buildah("config", "--annotation", f"{label}={app}", ctr)
+        _buildah("commit", "--quiet", ctr, NEXT_LAYOUT)
+    finally:
+        _buildah("rm", ctr, check=False)
+
+
 def export() -> list[Path]:
     """A docker-archive per image (its RepoTags carry the full name), reused while the image ID
     is the same."""
     if not image_id(PAUSE):
         build_pause()
+    next_layout()
     ARCHIVES.mkdir(parents=True, exist_ok=True)
     archives = []
-    for ref in (PAUSE, REDIS, APP):
+    for ref in (PAUSE, REDIS, APP, NEXT_LAYOUT):
         iid = image_id(ref)
         if not iid:
             raise ClusterError(f"image {ref} is not in buildah's store: run `{HOW[ref]}`")
@@ -89,6 +138,6 @@ def load(containerd_socket: Path, archives: list[Path]) -> None:
     listed = run(
         [ctr, "--address", containerd_socket, "--namespace", "k8s.io", "images", "list", "--quiet"]
     ).stdout
-    missing = [ref for ref in (PAUSE, REDIS, APP) if ref not in listed.split()]
+    missing = [ref for ref in (PAUSE, REDIS, APP, NEXT_LAYOUT) if ref not in listed.split()]
     if missing:
         raise ClusterError(f"images not in containerd after import: {missing}")

@@ -23,6 +23,7 @@ from tests.e2e.cluster.procs import (
     log,
     ours,
     pidfile_targets,
+    print_components,
     start,
     stop,
     wait_for,
@@ -152,10 +153,7 @@ def status(paths: Paths | None = None) -> bool:
     if not state:
         print("cluster: down (no state)")
         return False
-    for name in COMPONENTS:
-        pid = state.pids.get(name)
-        running = "running" if pid and ours(pid, paths) else "NOT RUNNING"
-        print(f"{name:24} pid {pid or '-':>7}  {running}")
+    print_components(paths, state, COMPONENTS)
     ok = healthy(paths, state)
     if ok:
         _, body = https_get(paths, state.server, "/version")

@@ -34,6 +34,7 @@ from tests.e2e.cluster.procs import (
     log,
     ours,
     pidfile_targets,
+    print_components,
     run,
     start,
     stop,
@@ -592,10 +593,7 @@ def status(paths: Paths | None = None) -> bool:
     if not state:
         print("node cluster: down (no state)")
         return False
-    for name in COMPONENTS:
-        pid = state.pids.get(name)
-        running = "running" if pid and ours(pid, paths) else "NOT RUNNING"
-        print(f"{name:24} pid {pid or '-':>7}  {running}")
+    print_components(paths, state, COMPONENTS)
     ok = healthy(paths, state)
     print(
         f"namespaces: holder pid {state.holder} "

@@ -248,6 +248,14 @@ def http_ok(url: str) -> bool:
         return bool(r.status == 200)
 
 
+def print_components(paths: Paths, state: State, components: Sequence[str]) -> None:
+    """One line per component: its pid and whether it runs (for `status`)."""
+    for name in components:
+        pid = state.pids.get(name)
+        running = "running" if pid and ours(pid, paths) else "NOT RUNNING"
+        print(f"{name:24} pid {pid or '-':>7}  {running}")
+
+
 def signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)  # each component leads its own process group (start_new_session)

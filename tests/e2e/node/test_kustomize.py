@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import TOOLS_BIN
-from tests.e2e.kube import KUSTOMIZE, get_json
+from tests.e2e.kube import KUSTOMIZE, get_json, kustomize_build
 from tests.e2e.node.test_release import all_ready, pods, restarts
 
 pytestmark = pytest.mark.node
@@ -43,21 +41,7 @@ def build_dev_overlay(workdir: Path) -> str:
             }
         )
     )
-    proc = subprocess.run(
-        [
-            str(TOOLS_BIN / "kustomize"),
-            "build",
-            "--load-restrictor",
-            "LoadRestrictionsNone",
-            str(workdir),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
+    return kustomize_build(workdir, "--load-restrictor", "LoadRestrictionsNone")
 
 
 @pytest.mark.factor("X", "XII")

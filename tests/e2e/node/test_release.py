@@ -307,3 +307,33 @@ def test_the_namespace_enforces_restricted_pod_security(kubectl, release):
     }
     refused = kubectl("apply", "-n", release, "-f", "-", input=json.dumps(pod), check=False)
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the data layout has no expand/contract window yet: the pre-upgrade migrate hook moves "
+    "the layout past the old pods, which then fail readiness and refuse writes until new pods are "
+    "ready, and a rollback to them never becomes ready",
+)
+@pytest.mark.factor("IX", "XII")
+def test_an_upgrade_that_migrates_the_data_layout_fails_no_request(api, helm, kubectl, release):
+    """`helm upgrade` to a build one data layout ahead (images.NEXT_LAYOUT: a no-op migration),
+    under load: the migrate hook runs while the old pods serve, and nobody notices; then `helm
+    rollback` becomes ready. Last in this module: it leaves the data at the newer layout."""
+    ns = release
+    with Load(str(api.base_url)) as load:
+        time.sleep(3)
+        helm(
+            "upgrade", RELEASE, str(CHART), "-n", ns, "-f", str(NODE_VALUES),
+            "--set", f"config.cleanupRetention={RETENTION}", "--set", "image.tag=next-layout",
+            "--wait", "--timeout", "4m", timeout=270,
+        )  # fmt: skip
+        time.sleep(3)
+    total = sum(load.statuses.values())
+    FACTS["layout-changing upgrade under load"] = (
+        f"{total} requests {dict(load.statuses)}, {len(load.failures)} failed"
+    )
+    assert total > 100, load.statuses
+    assert not load.failures, f"{len(load.failures)} of {total} failed: {load.failures[:10]}"
+    helm("rollback", RELEASE, "-n", ns, "--wait", "--timeout", "3m", timeout=200)
+    assert api.get("/readyz").status_code == 200
