@@ -19,6 +19,11 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 API_KEY_MIN_LENGTH = 16
 """Shorter keys are refused at start: a guessable key is an open door."""
 
+# The largest valid task as a body: the longest title and description with every character
+# written as a JSON-escaped surrogate pair (12 bytes, `\ud83d\ude00`), plus the field names,
+# is about 122,500 bytes; 128 KiB lets every valid task in.
+DEFAULT_MAX_BODY_BYTES = 128 * 1024
+
 
 def split_api_keys(value: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in value.split(",") if k.strip())
@@ -56,6 +61,8 @@ class Settings(BaseSettings):
         "tasks:"
     )
     api_keys: SecretStr | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_delay_seconds: Annotated[float, Field(ge=0, le=300)] = 0.0
     graceful_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0

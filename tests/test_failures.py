@@ -29,6 +29,8 @@ from service.store.redis import unavailable
 from tests.conftest import StartService
 from tests.support import RedisServer, ServiceProcess, free_port, redis_env, wait_until
 
+# A hang is what these tests look for: one fails rather than blocking the suite.
+pytestmark = pytest.mark.timeout(120)
 PROBLEM = "application/problem+json"
 TIMEOUT = 0.5  # TASKS_REDIS_TIMEOUT_SECONDS in these tests
 # Slack on top of the timeout for an answer to reach the test: HTTP on loopback and scheduling on

@@ -63,6 +63,7 @@ def accepts_connections(port: int) -> bool:
         ({"TASKS_API_KEYS": "s3cret-value"}, "TASKS_API_KEYS"),
         ({"TASKS_API_KEYS": "s3cret-value-long-enough,s3cret"}, "TASKS_API_KEYS"),
         ({"TASKS_REDIS_MAX_CONNECTIONS": "0"}, "TASKS_REDIS_MAX_CONNECTIONS"),
+        ({"TASKS_MAX_BODY_BYTES": "10"}, "TASKS_MAX_BODY_BYTES"),
     ],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_variable(

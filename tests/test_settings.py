@@ -38,6 +38,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.redis_url == "redis://localhost:6379/0" and settings.redis_password is None
     assert settings.redis_timeout_seconds == 1.0 and settings.redis_key_prefix == "tasks:"
     assert settings.redis_max_connections == 16
+    assert settings.max_body_bytes == 128 * 1024 and settings.max_header_bytes == 16 * 1024
     assert settings.api_key_list == () and settings.log_level == "info"
     assert settings.shutdown_delay_seconds == 0 and settings.graceful_timeout_seconds == 20
     assert settings.idempotency_ttl_seconds == 86400

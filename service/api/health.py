@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import lifecycle_of, metrics_of, settings_of, store_of
-from service.api.problems import problem
+from service.api.problems import RETRY_AFTER_SECONDS, problem
 from service.errors import StoreUnavailable, Unavailability
 from service.observability.metrics import CONTENT_TYPE
 from service.store.base import LAYOUT_VERSION, LayoutMismatch
@@ -40,7 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
             503,
             title="Not ready",
             detail=f"store {'read-only' if read_only else 'unreachable'} ({exc.reason.value})",
-            headers={"Retry-After": "1"},
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
             checks={"draining": False, "store": "read-only" if read_only else "unreachable"},
         )
     except LayoutMismatch as exc:

@@ -257,7 +257,8 @@ class RedisTaskStore:
         with contextlib.suppress(*REDIS_FAILURES, OSError):
             async with asyncio.timeout(self._timeout):
                 await self._redis.connection_pool.disconnect()
-        log.warning("dropped the Redis connections: the node no longer takes writes")
+        # Info: each request that met the read-only node logs its own "store unavailable".
+        log.info("dropped the Redis connections: the node no longer takes writes")
 
     async def ping(self) -> None:
         await self._bounded(self._ping())
