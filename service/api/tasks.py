@@ -38,7 +38,12 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 JSON = "application/json"
 TaskId = Annotated[
-    str, Path(description="The task id (26 characters, sortable by creation); any other is 404")
+    str,
+    Path(
+        description="The task id (26 characters, sortable by creation); any other is 404",
+        # Documented, not enforced by FastAPI (that would answer 422): a malformed id is 404.
+        json_schema_extra={"pattern": ID_PATTERN.pattern},
+    ),
 ]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
