@@ -16,9 +16,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.problems import answer
 from service.app import create_app
 from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, apply_patch, new_task
-from service.errors import PreconditionFailed
+from service.errors import PreconditionFailed, TasksError, Unavailability
 from service.settings import DEFAULT_MAX_BODY_BYTES
 from service.store import open_store
 from tests.conftest import StartService
@@ -418,3 +419,20 @@ def test_an_unhandled_error_is_500_problem_with_its_request_id_logged_once(
     assert [(a["request_id"], a["status"]) for a in access if a["request_id"] == "req-500"] == [
         ("req-500", 500)
     ]
+
+
+def test_every_error_type_has_exactly_one_problem_answer() -> None:
+    """The store and the routes raise domain errors; problems.py alone gives each its status."""
+
+    def leaves(cls: type[TasksError]) -> set[type[TasksError]]:
+        return {cls} | {leaf for sub in cls.__subclasses__() for leaf in leaves(sub)}
+
+    samples = {
+        "UnsupportedMediaType": ("POST",),
+        "StoreUnavailable": (Unavailability.timeout,),
+        "LayoutMismatch": (2,),
+    }
+    for error in leaves(TasksError) - {TasksError}:
+        response = answer(error(*samples.get(error.__name__, ())))
+        assert 400 <= response.status_code < 600, error
+        assert response.media_type == PROBLEM
