@@ -69,7 +69,11 @@ def store_errors(metrics_text: str) -> dict[tuple[str, str], float]:
 def frozen_redis_service(
     private_redis: RedisServer, start_service: StartService
 ) -> Iterator[tuple[ServiceProcess, RedisServer]]:
-    service = start_service(**redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS=str(TIMEOUT)))
+    # A pool of 2: most of the calls below queue for a connection while Redis is frozen.
+    env = redis_env(
+        private_redis, TASKS_REDIS_TIMEOUT_SECONDS=str(TIMEOUT), TASKS_REDIS_MAX_CONNECTIONS="2"
+    )
+    service = start_service(**env)
     yield service, private_redis
     private_redis.thaw()
 
@@ -108,12 +112,13 @@ def test_every_operation_answers_503_within_the_timeout_while_redis_is_frozen_th
         slowest = max(slowest, elapsed)
         assert_unavailable(response)
         assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + MARGIN, (method, path, elapsed)
-    # Ten frozen calls at once: each is bounded on its own, none waits for another.
+    # Ten frozen calls at once on a pool of 2: each is bounded on its own, queueing included.
     with ThreadPoolExecutor(10) as pool:
         started = time.monotonic()
         burst = list(pool.map(lambda c: client.request(c[0], c[1], **c[2]), calls))
         assert time.monotonic() - started < TIMEOUT + MARGIN + 1.0
     assert all(r.status_code == 503 for r in burst)
+    assert "never awaited" not in service.output()  # calls that timed out queueing were closed
     print(f"slowest 503 while frozen: {slowest:.3f} s (timeout {TIMEOUT} s)")
 
     server.thaw()
@@ -474,3 +479,4 @@ def test_a_burst_of_1000_concurrent_requests_gets_only_answers_and_503s_and_neve
     assert took < 60
     assert counts.get(201, 0) + counts.get(200, 0) > 0
     assert httpx.get(service.base_url + "/readyz").status_code == 200
+    assert "never awaited" not in service.output()  # calls that timed out waiting were closed

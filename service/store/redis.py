@@ -34,7 +34,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -246,6 +246,9 @@ class RedisTaskStore:
             error = unavailable(exc)
         except StoreUnavailable as exc:  # the ROLE check's verdict
             error = exc
+        finally:
+            if isinstance(operation, Coroutine):
+                operation.close()  # one that timed out waiting for its turn never started
         if error.reason in _STALE_NODE:
             await self._drop_connections()
         raise error
