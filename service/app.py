@@ -21,6 +21,10 @@ from service.store.instrumented import InstrumentedStore
 
 log = logging.getLogger("tasks")
 
+# API requests served at once, per pooled Redis connection: enough to keep every connection
+# busy while others parse and answer, few enough that each one's store call finishes in time.
+IN_FLIGHT_PER_CONNECTION = 4
+
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
     metrics = Metrics(
@@ -67,6 +71,8 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         Edge,
         max_body_bytes=settings.max_body_bytes,
         api_keys=ApiKeyGuard(settings.api_key_list),
+        max_in_flight=IN_FLIGHT_PER_CONNECTION * settings.redis_max_connections,
+        admission_timeout=settings.redis_timeout_seconds,  # a turn is waited for like a store call
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

@@ -46,6 +46,10 @@ class BodyTooLarge(TasksError):
     """A request body longer than TASKS_MAX_BODY_BYTES (declared or counted)."""
 
 
+class Overloaded(TasksError):
+    """More requests at once than the process serves in time: retry shortly."""
+
+
 class Unavailability(StrEnum):
     """Why the store could not answer. Used as the `reason` label of tasks_store_errors_total,
     so the set is closed: an error that fits none is `error`."""

@@ -17,6 +17,7 @@ from service.errors import (
     BodyTooLarge,
     IdempotencyKeyReused,
     InvalidCursor,
+    Overloaded,
     PreconditionFailed,
     StoreUnavailable,
     TaskNotFound,
@@ -42,6 +43,7 @@ _STATUS: dict[type[TasksError], tuple[int, str, str]] = {
     UnsupportedMediaType: (415, "Unsupported media type", "unsupported-media-type"),
     IdempotencyKeyReused: (422, "Idempotency key reused", "idempotency-key-reused"),
     StoreUnavailable: (503, "Store unavailable", "store-unavailable"),
+    Overloaded: (503, "Overloaded", "overloaded"),
     LayoutMismatch: (503, "Data layout mismatch", "layout-mismatch"),
 }
 
@@ -73,7 +75,7 @@ def answer(exc: TasksError) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="tasks"'
-    elif isinstance(exc, StoreUnavailable):
+    elif isinstance(exc, StoreUnavailable | Overloaded):
         headers["Retry-After"] = RETRY_AFTER_SECONDS
     elif isinstance(exc, UnsupportedMediaType):
         headers["Accept-Patch" if exc.method == "PATCH" else "Accept-Post"] = JSON
