@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from service.api import health, tasks
 from service.api.deps import ApiKeyGuard
+from service.api.edge import Edge
 from service.api.problems import install_problem_handlers
 from service.lifecycle import Lifecycle
 from service.observability.metrics import Metrics
@@ -19,6 +20,10 @@ from service.store import TaskStore, open_store
 from service.store.instrumented import InstrumentedStore
 
 log = logging.getLogger("tasks")
+
+# API requests served at once, per pooled Redis connection: enough to keep every connection
+# busy while others parse and answer, few enough that each one's store call finishes in time.
+IN_FLIGHT_PER_CONNECTION = 4
 
 
 def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAPI:
@@ -54,12 +59,20 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.lifecycle = lifecycle or Lifecycle()
-    app.state.api_key_guard = ApiKeyGuard(settings.api_key_list)
     # The routers' routes go on the app itself, one flat table. `include_router` would keep each
     # router as a nested branch that FastAPI matches twice per request (it selects the branch,
     # then the route in it); the routers carry their own prefix and tags, so nothing is lost.
     for router in (tasks.router, health.router):
         app.router.routes.extend(router.routes)
     install_problem_handlers(app)
+    # Added last is outermost: the observability middleware sees every answer (the edge's
+    # refusals too) and sets the request id the edge's error log line carries.
+    app.add_middleware(
+        Edge,
+        max_body_bytes=settings.max_body_bytes,
+        api_keys=ApiKeyGuard(settings.api_key_list),
+        max_in_flight=IN_FLIGHT_PER_CONNECTION * settings.redis_max_connections,
+        admission_timeout=settings.redis_timeout_seconds,  # a turn is waited for like a store call
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

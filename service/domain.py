@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 10_000
@@ -57,9 +58,11 @@ class TaskPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: Annotated[str | None, Field(min_length=1, max_length=TITLE_MAX)] = None
-    description: Annotated[str | None, Field(max_length=DESCRIPTION_MAX)] = None
-    status: Status | None = None
+    # `SkipJsonSchema[None]`: None is only the "not given" default, never a value a client may
+    # send (see _no_nulls), so the published schema does not offer null.
+    title: Annotated[str, Field(min_length=1, max_length=TITLE_MAX)] | SkipJsonSchema[None] = None
+    description: Annotated[str, Field(max_length=DESCRIPTION_MAX)] | SkipJsonSchema[None] = None
+    status: Status | SkipJsonSchema[None] = None
 
     @model_validator(mode="before")
     @classmethod

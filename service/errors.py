@@ -1,43 +1,75 @@
-"""One exception type per meaning; `service.api.problems` maps each to a problem+json answer."""
+"""One exception type per meaning. They speak the domain, never HTTP: `service.api.problems`
+alone turns each into a status and an application/problem+json answer."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 
-class ProblemError(Exception):
-    """An error with an HTTP meaning (RFC 9457 problem details)."""
 
-    status: int = 500
-    title: str = "Internal Server Error"
-    slug: str = "internal-error"
+class TasksError(Exception):
+    """A failure the caller is told about; `detail` says what happened, for a person."""
 
     def __init__(self, detail: str | None = None) -> None:
-        super().__init__(detail or self.title)
+        super().__init__(detail or type(self).__name__)
         self.detail = detail
 
-    @property
-    def type(self) -> str:
-        return f"urn:tasks:problem:{self.slug}"
+
+class TaskNotFound(TasksError):
+    """No task has that id (or the id cannot be one)."""
 
 
-class TaskNotFound(ProblemError):
-    status, title, slug = 404, "Task not found", "task-not-found"
+class InvalidCursor(TasksError):
+    """A listing cursor this API did not hand out."""
 
 
-class InvalidCursor(ProblemError):
-    status, title, slug = 400, "Invalid cursor", "invalid-cursor"
+class Unauthorized(TasksError):
+    """A write without a valid API key."""
 
 
-class Unauthorized(ProblemError):
-    status, title, slug = 401, "Unauthorized", "unauthorized"
+class PreconditionFailed(TasksError):
+    """The task changed since the version the caller named (If-Match)."""
 
 
-class PreconditionFailed(ProblemError):
-    status, title, slug = 412, "Precondition failed", "precondition-failed"
+class IdempotencyKeyReused(TasksError):
+    """An Idempotency-Key already used with another body."""
 
 
-class IdempotencyKeyReused(ProblemError):
-    status, title, slug = 422, "Idempotency key reused", "idempotency-key-reused"
+class UnsupportedMediaType(TasksError):
+    """A write whose body is not JSON; `method` is the request's, for the Accept-* answer."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__("the body must be JSON (Content-Type: application/json)")
+        self.method = method
 
 
-class StoreUnavailable(ProblemError):
-    status, title, slug = 503, "Store unavailable", "store-unavailable"
+class BodyTooLarge(TasksError):
+    """A request body longer than TASKS_MAX_BODY_BYTES (declared or counted)."""
+
+
+class Overloaded(TasksError):
+    """More requests at once than the process serves in time: retry shortly."""
+
+
+class Unavailability(StrEnum):
+    """Why the store could not answer. Used as the `reason` label of tasks_store_errors_total,
+    so the set is closed: an error that fits none is `error`."""
+
+    timeout = "timeout"  # no answer within TASKS_REDIS_TIMEOUT_SECONDS
+    connection = "connection"  # refused, reset, unreachable, authentication failed
+    readonly = "readonly"  # a replica (READONLY): a failover happened or is under way
+    masterdown = "masterdown"  # a replica that lost its primary (MASTERDOWN)
+    loading = "loading"  # restarting, loading its data set (LOADING)
+    busy = "busy"  # a script or DEBUG SLEEP holds the server (BUSY)
+    oom = "oom"  # out of memory under maxmemory with noeviction (OOM)
+    misconf = "misconf"  # refusing writes after a failed save (MISCONF)
+    tryagain = "tryagain"  # cluster resharding (TRYAGAIN)
+    clusterdown = "clusterdown"  # cluster not serving (CLUSTERDOWN)
+    error = "error"  # any other error reply
+
+
+class StoreUnavailable(TasksError):
+    """The store cannot answer now; `reason` says why. Retrying later may succeed."""
+
+    def __init__(self, reason: Unavailability, detail: str | None = None) -> None:
+        super().__init__(detail or f"store unavailable: {reason.value}")
+        self.reason = reason

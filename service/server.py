@@ -20,10 +20,13 @@ import math
 import signal
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api.problems import problem
 from service.app import create_app
 from service.lifecycle import Lifecycle
 from service.settings import Settings
@@ -67,6 +70,55 @@ class CloseConnectionsWhenDraining:
             await send(message)
 
         await self.app(scope, receive, send_closing)
+
+
+class BoundedHeadProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bound on each request's head (request line plus
+    headers): past `max_head_bytes` the request is answered 431 and the connection closed.
+    httptools has no such bound of its own, so one endless header would grow the process
+    without end. Bytes are counted as they arrive, before the parser buffers them."""
+
+    max_head_bytes = 16 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
+
+    def data_received(self, data: bytes) -> None:
+        while data and not self.transport.is_closing():
+            if not self._in_head:
+                super().data_received(data)
+                return
+            room = self.max_head_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse()
+                return
+            chunk, data = data[:room], data[room:]
+            self._head_bytes += len(chunk)
+            super().data_received(chunk)
+        if self._in_head and self._head_bytes >= self.max_head_bytes:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        if self.transport.is_closing():
+            return
+        answer = problem(431, detail=f"the request head may be at most {self.max_head_bytes} bytes")
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            + b"".join(name + b": " + value + b"\r\n" for name, value in answer.raw_headers)
+            + b"connection: close\r\n\r\n"
+            + answer.body
+        )
+        self.transport.close()
 
 
 class GracefulServer(uvicorn.Server):
@@ -115,7 +167,11 @@ def serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=type(
+            "HeadBoundProtocol",
+            (BoundedHeadProtocol,),
+            {"max_head_bytes": settings.max_header_bytes},
+        ),
         lifespan="on",
         log_config=None,  # logging is ours (JSON lines on stdout)
         access_log=False,  # our middleware writes the access line

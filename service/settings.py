@@ -16,6 +16,18 @@ ENV_PREFIX = "TASKS_"
 _RETENTION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+API_KEY_MIN_LENGTH = 16
+"""Shorter keys are refused at start: a guessable key is an open door."""
+
+# The largest valid task as a body: the longest title and description with every character
+# written as a JSON-escaped surrogate pair (12 bytes, `\ud83d\ude00`), plus the field names,
+# is about 122,500 bytes; 128 KiB lets every valid task in.
+DEFAULT_MAX_BODY_BYTES = 128 * 1024
+
+
+def split_api_keys(value: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in value.split(",") if k.strip())
+
 
 class ConfigError(Exception):
     """Invalid configuration; the message names the variable and never echoes its value."""
@@ -44,10 +56,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     redis_password: SecretStr | None = None
     redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 16
     redis_key_prefix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")] = (
         "tasks:"
     )
     api_keys: SecretStr | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     shutdown_delay_seconds: Annotated[float, Field(ge=0, le=300)] = 0.0
     graceful_timeout_seconds: Annotated[float, Field(ge=0, le=3600)] = 20.0
@@ -62,10 +77,28 @@ class Settings(BaseSettings):
     def _lowercase_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("redis_password", "api_keys", mode="before")
+    @field_validator("redis_password", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _empty_keys_are_unset(cls, value: Any) -> Any:
+        # Only an empty value opens writes; anything else must hold keys (fail closed).
+        return None if value == "" else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        keys = split_api_keys(value.get_secret_value())
+        if not keys:
+            raise ValueError("holds no key (only commas or blanks); leave it empty for open writes")
+        if any(len(key) < API_KEY_MIN_LENGTH for key in keys):
+            raise ValueError(f"every key must be at least {API_KEY_MIN_LENGTH} characters")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -102,7 +135,7 @@ class Settings(BaseSettings):
         """The bearer keys that may write; empty means writes are open."""
         if self.api_keys is None:
             return ()
-        return tuple(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+        return split_api_keys(self.api_keys.get_secret_value())
 
 
 def env_name(field: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import RedisServer
+from tests.support import RedisServer, ServiceProcess, service_env
 
 FACTORS = {
     "I": "Codebase",
@@ -36,6 +37,35 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop, freeze (SIGSTOP) and restart."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+StartService = Callable[..., ServiceProcess]
+
+
+@pytest.fixture
+def start_service(tmp_path: Path) -> Iterator[StartService]:
+    """Start `python -m service` in an empty working directory (no stray .env), wait for ready."""
+    started: list[ServiceProcess] = []
+
+    def start(wait: bool = True, **env: str) -> ServiceProcess:
+        process = ServiceProcess(service_env(**env), cwd=tmp_path)
+        started.append(process)
+        if wait:
+            process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
+import redis
 
 from service.settings import Settings
 from service.store import TaskStore, open_store
@@ -70,10 +72,11 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
 class RedisServer:
     """A throwaway redis-server on a free loopback port; can be stopped and restarted in place."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, extra_args: list[str] | None = None) -> None:
         self.binary = require_tool("redis-server", "make system-deps installs redis-server")
         self.port = free_port()
         self.password = password
+        self.extra_args = extra_args or []
         self.dir = tempfile.mkdtemp(prefix="tasks-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -81,7 +84,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
         args = [
             self.binary,
             "--port",
@@ -99,8 +102,23 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+        if wait:
+            wait_until(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+
+    def client(self) -> redis.Redis:
+        """A plain client (the test's own hands on this server)."""
+        return redis.Redis.from_url(self.url, password=self.password, decode_responses=True)
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections are accepted, nothing is answered."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def _answers(self) -> bool:
         try:
@@ -115,14 +133,13 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.thaw()  # a frozen server cannot act on SIGTERM
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
 
     def flushall(self) -> None:
-        import redis
-
-        redis.Redis.from_url(self.url, password=self.password).flushall()
+        self.client().flushall()
 
 
 class ServiceProcess:
@@ -174,3 +191,12 @@ def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKS_") and k != "PORT"}
     env.update(extra)
     return env
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """The environment of a service process on a free port, importing this checkout."""
+    return base_env(**{"PORT": str(free_port()), "PYTHONPATH": str(ROOT), **extra})
+
+
+def redis_env(server: RedisServer, **extra: str) -> dict[str, str]:
+    return {"TASKS_STORE": "redis", "TASKS_REDIS_URL": server.url, **extra}

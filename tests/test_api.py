@@ -108,11 +108,11 @@ def test_title_and_description_at_their_limits_are_accepted(client: TestClient) 
     create(client, title="x" * 200, description="y" * 10_000)
 
 
-def test_malformed_json_returns_422_problem(client: TestClient) -> None:
+def test_malformed_json_returns_400_problem(client: TestClient) -> None:
     response = client.post(
         "/v1/tasks", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert_problem(response, 422)
+    assert assert_problem(response, 400)["type"] == "urn:tasks:problem:malformed-json"
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "limit=x", "status=later"])
@@ -306,7 +306,7 @@ def test_requests_without_idempotency_key_each_create_a_task(client: TestClient)
 
 @pytest.fixture
 def protected(store_kind: str, make_settings):  # type: ignore[no-untyped-def]
-    app = create_app(make_settings(store_kind, api_keys="key-one, key-two"))
+    app = create_app(make_settings(store_kind, api_keys="key-one-0123456789, key-two-0123456789"))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -315,13 +315,13 @@ def test_with_api_keys_writes_without_a_key_return_401_problem(protected: TestCl
     response = protected.post("/v1/tasks", json={"title": "x"})
     assert_problem(response, 401)
     assert response.headers["www-authenticate"].startswith("Bearer")
-    wrong = {"Authorization": "Bearer key-three"}
+    wrong = {"Authorization": "Bearer key-three-0123456789"}
     assert_problem(protected.post("/v1/tasks", json={"title": "x"}, headers=wrong), 401)
     assert_problem(protected.delete("/v1/tasks/01aaaaaaaaaaaaaaaaaaaaaaaa"), 401)
 
 
 def test_with_api_keys_writes_with_any_configured_key_succeed(protected: TestClient) -> None:
-    for key in ("key-one", "key-two"):
+    for key in ("key-one-0123456789", "key-two-0123456789"):
         headers = {"Authorization": f"Bearer {key}"}
         assert protected.post("/v1/tasks", json={"title": "x"}, headers=headers).status_code == 201
 

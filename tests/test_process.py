@@ -9,53 +9,22 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import ROOT, RedisServer, ServiceProcess, base_env, free_port, wait_until
+from tests.conftest import StartService
+from tests.support import (
+    RedisServer,
+    ServiceProcess,
+    redis_env,
+    service_env,
+    wait_until,
+)
 
 PROBLEM = "application/problem+json"
-StartService = Callable[..., ServiceProcess]
-
-
-def service_env(**extra: str) -> dict[str, str]:
-    return base_env(**{"PORT": str(free_port()), "PYTHONPATH": str(ROOT), **extra})
-
-
-@pytest.fixture
-def start_service(tmp_path: Path) -> Iterator[StartService]:
-    """Start `python -m service` in an empty working directory (no stray .env), wait for ready."""
-    started: list[ServiceProcess] = []
-
-    def start(wait: bool = True, **env: str) -> ServiceProcess:
-        process = ServiceProcess(service_env(**env), cwd=tmp_path)
-        started.append(process)
-        if wait:
-            process.wait_ready()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may stop, freeze (SIGSTOP) and restart."""
-    server = RedisServer()
-    server.start()
-    yield server
-    if server.proc is not None:
-        os.kill(server.proc.pid, signal.SIGCONT)
-    server.stop()
-
-
-def redis_env(server: RedisServer, **extra: str) -> dict[str, str]:
-    return {"TASKS_STORE": "redis", "TASKS_REDIS_URL": server.url, **extra}
 
 
 def in_flight(service: ServiceProcess) -> float:
@@ -87,6 +56,14 @@ def accepts_connections(port: int) -> bool:
         ({"TASKS_LOG_LEVEL": "loud"}, "TASKS_LOG_LEVEL"),
         ({"TASKS_REDIS_TIMEOUT_SECONDS": "0"}, "TASKS_REDIS_TIMEOUT_SECONDS"),
         ({"TASKS_CLEANUP_RETENTION": "2w"}, "TASKS_CLEANUP_RETENTION"),
+        # API keys fail closed: a value with no key in it, or a short key, never opens writes.
+        ({"TASKS_API_KEYS": ","}, "TASKS_API_KEYS"),
+        ({"TASKS_API_KEYS": " ,  , "}, "TASKS_API_KEYS"),
+        ({"TASKS_API_KEYS": "   "}, "TASKS_API_KEYS"),
+        ({"TASKS_API_KEYS": "s3cret-value"}, "TASKS_API_KEYS"),
+        ({"TASKS_API_KEYS": "s3cret-value-long-enough,s3cret"}, "TASKS_API_KEYS"),
+        ({"TASKS_REDIS_MAX_CONNECTIONS": "0"}, "TASKS_REDIS_MAX_CONNECTIONS"),
+        ({"TASKS_MAX_BODY_BYTES": "10"}, "TASKS_MAX_BODY_BYTES"),
     ],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_variable(
@@ -241,25 +218,6 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
     assert created.status_code == 201
     assert httpx.get(url + created.headers["location"]).status_code == 200
     assert service.proc.poll() is None
-
-
-@pytest.mark.factor("IV")
-def test_a_hung_redis_gives_503_within_the_timeout(
-    private_redis: RedisServer, start_service: StartService
-) -> None:
-    service = start_service(**redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="0.3"))
-    location = httpx.post(service.base_url + "/v1/tasks", json={"title": "x"}).headers["location"]
-    assert private_redis.proc is not None
-    os.kill(private_redis.proc.pid, signal.SIGSTOP)
-
-    started = time.monotonic()
-    response = httpx.get(service.base_url + location, timeout=5)
-    elapsed = time.monotonic() - started
-
-    assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
-    assert 0.3 <= elapsed < 1.0
-    os.kill(private_redis.proc.pid, signal.SIGCONT)
-    wait_until(lambda: httpx.get(service.base_url + location).status_code == 200, timeout=5)
 
 
 # --- logs (XI) ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import service
-from service.settings import ConfigError, Settings, env_name, load_settings
+from service.settings import API_KEY_MIN_LENGTH, ConfigError, Settings, env_name, load_settings
 from tests.support import ROOT
 
 pytestmark = pytest.mark.factor("III")
@@ -37,6 +37,8 @@ def test_defaults_match_the_contract() -> None:
     assert settings.store == "memory"
     assert settings.redis_url == "redis://localhost:6379/0" and settings.redis_password is None
     assert settings.redis_timeout_seconds == 1.0 and settings.redis_key_prefix == "tasks:"
+    assert settings.redis_max_connections == 16
+    assert settings.max_body_bytes == 128 * 1024 and settings.max_header_bytes == 16 * 1024
     assert settings.api_key_list == () and settings.log_level == "info"
     assert settings.shutdown_delay_seconds == 0 and settings.graceful_timeout_seconds == 20
     assert settings.idempotency_ttl_seconds == 86400
@@ -76,10 +78,26 @@ def test_cleanup_retention_accepts_n_and_a_unit(
 
 
 def test_api_keys_are_a_comma_separated_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TASKS_API_KEYS", " key-alpha, key-beta ,,")
+    monkeypatch.setenv("TASKS_API_KEYS", " key-alpha-0123456789, key-beta-0123456789 ,,")
     settings = load_settings()
-    assert settings.api_key_list == ("key-alpha", "key-beta")
+    assert settings.api_key_list == ("key-alpha-0123456789", "key-beta-0123456789")
     assert "key-alpha" not in repr(settings) and "key-alpha" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize("value", [",", " , ,", "  ", "short-key", "long-enough-key-1,short"])
+def test_api_keys_fail_closed(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A value that holds no key, or a key under 16 characters, is a config error: it never
+    leaves writes open, and never lets a guessable key in."""
+    monkeypatch.setenv("TASKS_API_KEYS", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.variable == "TASKS_API_KEYS"
+    assert "short" not in str(caught.value) and "long-enough" not in str(caught.value)
+
+
+def test_an_api_key_of_16_characters_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKS_API_KEYS", "k" * API_KEY_MIN_LENGTH)
+    assert load_settings().api_key_list == ("k" * API_KEY_MIN_LENGTH,)
 
 
 def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:

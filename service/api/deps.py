@@ -3,8 +3,8 @@
 The process-wide objects live on `app.state` (set by `create_app` and its lifespan) and are read
 with plain typed accessors taking the request, not `Depends`: FastAPI solves a sub-dependency
 afresh on every request (a recursive solve with cache keys and introspection), which on a GET
-cost as much as a tenth of a bare FastAPI + Redis handler. Request-specific checks (write
-access) stay declared with `Depends`.
+cost as much as a tenth of a bare FastAPI + Redis handler. Write access is checked by the edge
+layer (`service.api.edge`) with the ApiKeyGuard below, before a request's body is read.
 """
 
 from __future__ import annotations
@@ -57,8 +57,3 @@ class ApiKeyGuard:
             matched |= hmac.compare_digest(presented, key)
         if scheme.lower() != "bearer" or not matched:
             raise Unauthorized("writes need `Authorization: Bearer <key>`")
-
-
-async def require_write_access(request: Request) -> None:
-    guard: ApiKeyGuard = request.app.state.api_key_guard
-    guard.check(request.headers.get("authorization"))

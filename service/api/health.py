@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import lifecycle_of, metrics_of, settings_of, store_of
-from service.api.problems import problem
-from service.errors import StoreUnavailable
+from service.api.problems import RETRY_AFTER_SECONDS, problem
+from service.errors import StoreUnavailable, Unavailability
 from service.observability.metrics import CONTENT_TYPE
 from service.store.base import LAYOUT_VERSION, LayoutMismatch
 
@@ -19,8 +19,13 @@ async def livez() -> dict[str, str]:
     return {"status": "alive"}
 
 
+_READ_ONLY = frozenset({Unavailability.readonly, Unavailability.masterdown})
+
+
 @router.get(
-    "/readyz", summary="Ready for traffic: store reachable, its data layout ours, not draining"
+    "/readyz",
+    summary="Ready for traffic: store reachable and writable, its data layout ours, not draining",
+    responses={503: {"content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> JSONResponse:
     if lifecycle_of(request).draining:
@@ -30,11 +35,13 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await store_of(request).ping()
     except StoreUnavailable as exc:
+        read_only = exc.reason in _READ_ONLY
         return problem(
             503,
             title="Not ready",
-            detail=f"store unreachable ({exc})",
-            checks={"draining": False, "store": "unreachable"},
+            detail=f"store {'read-only' if read_only else 'unreachable'} ({exc.reason.value})",
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
+            checks={"draining": False, "store": "read-only" if read_only else "unreachable"},
         )
     except LayoutMismatch as exc:
         # A rolled-back pod meets a newer layout (or a new one an unmigrated store): no traffic.

@@ -1,4 +1,8 @@
-"""/v1/tasks: create, list (cursor pagination), read, patch (If-Match), delete."""
+"""/v1/tasks: create, list (cursor pagination), read, patch and delete (If-Match).
+
+Write access (API keys), body size and HEAD are the edge layer's (`service.api.edge`): they are
+settled before FastAPI reads a body. Every status an operation can answer is in its `responses`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from service.api.deps import require_write_access, settings_of, store_of
+from service.api.deps import settings_of, store_of
 from service.domain import (
     ID_PATTERN,
     Page,
@@ -22,15 +26,34 @@ from service.domain import (
     new_task,
     to_json,
 )
-from service.errors import InvalidCursor, PreconditionFailed, TaskNotFound
+from service.errors import (
+    InvalidCursor,
+    PreconditionFailed,
+    TaskNotFound,
+    UnsupportedMediaType,
+)
 from service.store import Idempotency
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 JSON = "application/json"
-TaskId = Annotated[str, Path(description="The task id (26 characters, sortable by creation)")]
-WriteAccess = [Depends(require_write_access)]
+TaskId = Annotated[
+    str,
+    Path(
+        description="The task id (26 characters, sortable by creation); any other is 404",
+        # Documented, not enforced by FastAPI (that would answer 422): a malformed id is 404.
+        json_schema_extra={"pattern": ID_PATTERN.pattern},
+    ),
+]
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: _PROBLEM for status in statuses}
+
+
+_WRITE = _problems(401, 503)  # any write: no valid key; the store cannot answer
+_BODY = _problems(400, 413, 415, 422)  # any body: not JSON, too large, not JSON at all, invalid
 _IF_NONE_MATCH: dict[str, Any] = {
     "name": "If-None-Match",
     "in": "header",
@@ -61,18 +84,49 @@ def _task_response(task: Task, status_code: int = 200, **headers: str) -> Respon
     return Response(body, status_code, {"ETag": etag(body), **headers}, media_type=JSON)
 
 
-def _matches(if_match: str, current: str) -> bool:
+def _opaque(tag: str) -> str:
+    return tag.strip().removeprefix("W/")
+
+
+def none_match(if_none_match: str, current: str) -> bool:
+    """If-None-Match holds: no listed tag matches, by weak comparison (RFC 9110 13.1.2)."""
+    if if_none_match.strip() == "*":
+        return False
+    return all(_opaque(tag) != _opaque(current) for tag in if_none_match.split(","))
+
+
+def match(if_match: str, current: str) -> bool:
+    """If-Match holds: a listed tag matches, by strong comparison (a weak tag never does)."""
     if if_match.strip() == "*":
         return True
-    return any(candidate.strip() == current for candidate in if_match.split(","))
+    return any(tag.strip() == current for tag in if_match.split(","))
+
+
+def known_id(task_id: str) -> str:
+    """The id, or TaskNotFound at once when it cannot be one (the store is not asked)."""
+    if not ID_PATTERN.match(task_id):
+        raise TaskNotFound()
+    return task_id
+
+
+async def require_json(request: Request) -> None:
+    """Bodies are JSON: anything else (text, a form, no body at all) is 415, before the body
+    is validated. Runs before body validation errors are raised (FastAPI resolves dependencies
+    first), after the edge layer has bounded and buffered the body."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+        raise UnsupportedMediaType(request.method)
+
+
+JsonBody = [Depends(require_json)]
 
 
 @router.post(
     "",
     status_code=201,
     response_model=Task,
-    dependencies=WriteAccess,
-    responses={401: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    dependencies=JsonBody,
+    responses={**_WRITE, **_BODY},
     summary="Create a task",
 )
 async def create_task(
@@ -102,7 +156,7 @@ async def create_task(
 @router.get(
     "",
     response_model=Page,
-    responses={400: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    responses=_problems(400, 422, 503),
     summary="List tasks, newest first",
 )
 async def list_tasks(
@@ -125,8 +179,8 @@ async def list_tasks(
 @router.get(
     "/{task_id}",
     response_model=Task,
-    responses={304: {"description": "Not modified"}, 404: _PROBLEM, 503: _PROBLEM},
-    summary="Read a task (with its ETag)",
+    responses={304: {"description": "Not modified"}, **_problems(404, 503)},
+    summary="Read a task (with its ETag; HEAD too)",
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def get_task(task_id: TaskId, request: Request) -> Response:
@@ -135,9 +189,9 @@ async def get_task(task_id: TaskId, request: Request) -> Response:
     # much as a ninth of a bare FastAPI + Redis GET, on every request, to pass on an optional
     # string it does not check.
     if_none_match = request.headers.get("if-none-match")
-    task = await store_of(request).get(task_id)
+    task = await store_of(request).get(known_id(task_id))
     response = _task_response(task)
-    if if_none_match is not None and _matches(if_none_match, response.headers["etag"]):
+    if if_none_match is not None and not none_match(if_none_match, response.headers["etag"]):
         return Response(status_code=304, headers={"ETag": response.headers["etag"]})
     return response
 
@@ -145,8 +199,8 @@ async def get_task(task_id: TaskId, request: Request) -> Response:
 @router.patch(
     "/{task_id}",
     response_model=Task,
-    dependencies=WriteAccess,
-    responses={401: _PROBLEM, 404: _PROBLEM, 412: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+    dependencies=JsonBody,
+    responses={**_WRITE, **_BODY, **_problems(404, 412)},
     summary="Change some fields of a task",
 )
 async def patch_task(
@@ -159,22 +213,36 @@ async def patch_task(
     ] = None,
 ) -> Response:
     def change(current: Task) -> Task:
-        if if_match is not None and not _matches(if_match, etag(to_json(current))):
-            raise PreconditionFailed("the task changed since that ETag was issued")
+        _check_if_match(if_match, current)
         return apply_patch(current, patch)
 
-    return _task_response(await store_of(request).update(task_id, change))
+    return _task_response(await store_of(request).update(known_id(task_id), change))
+
+
+def _check_if_match(if_match: str | None, current: Task) -> None:
+    if if_match is not None and not match(if_match, etag(to_json(current))):
+        raise PreconditionFailed("the task changed since that ETag was issued")
 
 
 @router.delete(
     "/{task_id}",
     status_code=204,
-    dependencies=WriteAccess,
-    responses={401: _PROBLEM, 404: _PROBLEM, 503: _PROBLEM},
+    responses={**_WRITE, **_problems(404, 412)},
     summary="Delete a task",
 )
-async def delete_task(task_id: TaskId, request: Request) -> Response:
-    if not ID_PATTERN.match(task_id):
-        raise TaskNotFound()
-    await store_of(request).delete(task_id)
+async def delete_task(
+    task_id: TaskId,
+    request: Request,
+    if_match: Annotated[
+        str | None,
+        Header(alias="If-Match", description="Only delete if the task still has this ETag"),
+    ] = None,
+) -> Response:
+    check = None
+    if if_match is not None:
+
+        def check(current: Task) -> None:
+            _check_if_match(if_match, current)
+
+    await store_of(request).delete(known_id(task_id), check)
     return Response(status_code=204)

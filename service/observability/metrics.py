@@ -55,8 +55,10 @@ class Metrics:
         )
         self.store_errors = Counter(
             "tasks_store_errors",
-            "Store operations that failed because the store was unavailable, by operation.",
-            ["operation"],
+            "Store operations that failed because the store was unavailable, by operation and "
+            "reason (timeout, connection, readonly, masterdown, loading, busy, oom, misconf, "
+            "tryagain, clusterdown, error).",
+            ["operation", "reason"],
             registry=self.registry,
         )
         build_info = Gauge(

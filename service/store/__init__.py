@@ -25,6 +25,7 @@ def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore
             settings.redis_url,
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.redis_timeout_seconds,
+            max_connections=settings.redis_max_connections,
             socket_timeouts=socket_timeouts,
         )
         return RedisTaskStore(

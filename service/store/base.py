@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.domain import Page, Status, Task
-from service.errors import ProblemError
+from service.errors import TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
 IdList = list[str]
@@ -17,11 +17,9 @@ LAYOUT_VERSION = 1
 """Version of the data layout a store writes (Redis: `<prefix>meta:layout`); migrations bump it."""
 
 
-class LayoutMismatch(ProblemError):
+class LayoutMismatch(TasksError):
     """The stored data layout is not the one this build reads and writes: the store refuses
     writes and readiness fails until `python -m jobs migrate` (older) or a newer build (newer)."""
-
-    status, title, slug = 503, "Data layout mismatch", "layout-mismatch"
 
     def __init__(self, stored: int) -> None:
         if stored > LAYOUT_VERSION:
@@ -55,12 +53,14 @@ class Created:
 class TaskStore(Protocol):
     """Tasks by id, plus a newest-first listing by id (ids sort by creation time).
 
-    Every method raises `StoreUnavailable` when the backing service cannot answer in time.
+    Every method raises `StoreUnavailable` (with its reason) when the backing service cannot
+    answer within the store's timeout, whatever the failure: the call never takes longer.
     """
 
     async def ping(self) -> None:
-        """Return when the store answers and its data layout is this build's (an empty store
-        gets it recorded); raise `LayoutMismatch` when the stored layout is another version."""
+        """Return when the store answers, takes writes (not a read-only replica) and its data
+        layout is this build's (an empty store gets it recorded); raise `LayoutMismatch` when
+        the stored layout is another version."""
 
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
@@ -74,7 +74,8 @@ class TaskStore(Protocol):
         """The task, or `TaskNotFound`."""
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
-        """Up to `limit` tasks with ids below `before` (all when None), newest first.
+        """Up to `limit` tasks with ids below `before` (all when None), newest first; with
+        `status`, only tasks that have it.
 
         `next_cursor` of the page is the id to pass as `before` for the next page."""
 
@@ -83,8 +84,9 @@ class TaskStore(Protocol):
         concurrent write). `change` may raise to abort; returning the same task writes nothing.
         Raises `TaskNotFound` when absent."""
 
-    async def delete(self, task_id: str) -> None:
-        """Remove the task, or raise `TaskNotFound`."""
+    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
+        """Remove the task, or raise `TaskNotFound`. With `check`, only if `check(current)`
+        returns (it raises to abort), atomically: a concurrent write makes it check again."""
 
     # --- for the admin jobs: batches, conditional deletes, upserts, layout, locks ------------
 

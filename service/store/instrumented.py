@@ -48,8 +48,8 @@ class _timed(Generic[P, R]):
             started = time.perf_counter()
             try:
                 return await call(*args, **kwargs)
-            except StoreUnavailable:
-                errors.labels(operation).inc()
+            except StoreUnavailable as exc:
+                errors.labels(operation, exc.reason.value).inc()
                 raise
             finally:
                 duration.observe(time.perf_counter() - started)

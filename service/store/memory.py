@@ -76,10 +76,13 @@ class MemoryTaskStore:
             insort(self._index[new.status], task_id)
         return new
 
-    async def delete(self, task_id: str) -> None:
-        task = self._tasks.pop(task_id, None)
+    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
+        task = self._tasks.get(task_id)
         if task is None:
             raise TaskNotFound()
+        if check is not None:
+            check(task)
+        del self._tasks[task_id]
         self._remove(self._index[None], task_id)
         self._remove(self._index[task.status], task_id)
 

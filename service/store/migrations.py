@@ -21,9 +21,8 @@ from typing import cast
 from redis.exceptions import WatchError
 
 from service.domain import Task
-from service.errors import StoreUnavailable
 from service.store.base import LAYOUT_VERSION, LayoutMismatch
-from service.store.redis import _UNAVAILABLE, RedisTaskStore, _to_hash
+from service.store.redis import REDIS_FAILURES, RedisTaskStore, _to_hash, unavailable
 
 log = logging.getLogger("tasks.migrations")
 
@@ -146,8 +145,8 @@ async def migrate(store: RedisTaskStore) -> Migrated:
         )
         try:
             changed += await migration.apply(store)
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        except REDIS_FAILURES as exc:
+            raise unavailable(exc) from None
         await store.set_layout_version(migration.version)
         current, applied = migration.version, applied + 1
     return Migrated(before, current, applied=applied, changed=changed)

@@ -9,8 +9,16 @@ Key space (every key starts with the configured prefix, default `tasks:`):
     <prefix>idempotency:<sha256>    "<body fingerprint>\\n<task json>", expiring after the TTL
     <prefix>lock:<name>             a job's lock: a random token, expiring (SET NX PX)
 
-Multi-key changes run in MULTI/EXEC; read-modify-write (PATCH) WATCHes the task key.
-Listing reads one index range and then only the hashes of that page.
+Every change is one Lua script (one round trip, atomic): create, the compare-and-set of a
+patch or a conditional delete, the batches of the jobs. Nothing WATCHes or opens a MULTI that
+a cancelled call would have to reset, so the timeout bounds each operation as a whole, waiting
+for a pooled connection included. A listing reads its index range and the hashes in one
+script too, so a page is a consistent snapshot.
+
+Failures: every Redis error becomes `StoreUnavailable` with its reason (never the command or
+its arguments, which hold task data). A read-only node (READONLY, MASTERDOWN, or ROLE on the
+readiness check) makes the store drop its pool, so the next call connects afresh and reaches
+whichever node the address now names: after a failover, the new primary.
 
 Layout guard: the layout version is checked on every ping and, at most a second stale, before
 every write. An empty database gets LAYOUT_VERSION recorded; any other version than this build's
@@ -21,26 +29,37 @@ Older layouts and the migrations that upgrade them are in `service.store.migrati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
+    ClusterDownError,
     ConnectionError,
+    MasterDownError,
+    OutOfMemoryError,
     ReadOnlyError,
-    TimeoutError,
-    WatchError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
 )
 
 from service.domain import Page, Status, Task
-from service.errors import IdempotencyKeyReused, StoreUnavailable, TaskNotFound
+from service.errors import (
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    TaskNotFound,
+    Unavailability,
+)
 from service.store.base import (
     LAYOUT_VERSION,
     Created,
@@ -52,34 +71,85 @@ from service.store.base import (
 
 T = TypeVar("T")
 _Rows = list[dict[str, str]]
+log = logging.getLogger("tasks.store")
 
-# What an unreachable, slow, restarting or failing-over Redis looks like: answer 503, not 500.
-_UNAVAILABLE = (
-    ConnectionError,
-    TimeoutError,
-    BusyLoadingError,
-    ReadOnlyError,
-    asyncio.TimeoutError,
+REDIS_FAILURES = (RedisError, TimeoutError)
+"""What a call to Redis raises when Redis cannot answer: give them to `unavailable`."""
+
+# Error replies that mean "not now" (the first word of the reply), and what they are called.
+_REPLY_REASONS = {
+    "READONLY": Unavailability.readonly,
+    "MASTERDOWN": Unavailability.masterdown,
+    "LOADING": Unavailability.loading,
+    "BUSY": Unavailability.busy,
+    "OOM": Unavailability.oom,
+    "MISCONF": Unavailability.misconf,
+    "TRYAGAIN": Unavailability.tryagain,
+    "CLUSTERDOWN": Unavailability.clusterdown,
+}
+_ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
+    (MasterDownError, "MASTERDOWN"),
+    (ClusterDownError, "CLUSTERDOWN"),
+    (TryAgainError, "TRYAGAIN"),
+    (ReadOnlyError, "READONLY"),
+    (BusyLoadingError, "LOADING"),
+    (OutOfMemoryError, "OOM"),
 )
+_PIPELINE_ANNOTATION = "caused error: "  # redis-py's prefix on a pipeline command's error
+_STALE_NODE = frozenset({Unavailability.readonly, Unavailability.masterdown})
+_ROLE_RECHECK_SECONDS = 1.0
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable:
+    """The StoreUnavailable for a Redis failure. Its message never carries the exception's
+    text: redis-py puts the command and its arguments (task titles, descriptions) there."""
+    # redis-py keeps an error reply's first word for the codes it knows (LOADING, READONLY,
+    # OOM, MASTERDOWN, ...; older versions only in the exception's class) and leaves it in the
+    # message of the others (BUSY, MISCONF, ...).
+    code = getattr(exc, "status_code", None)
+    if not code:
+        code = next((c for cls, c in _ERROR_CLASSES if isinstance(exc, cls)), None)
+    if not code and isinstance(exc, ResponseError):
+        code = str(exc).rpartition(_PIPELINE_ANNOTATION)[2].split(" ", 1)[0]
+    if code:
+        reason = _REPLY_REASONS.get(code, Unavailability.error)
+    elif isinstance(exc, TimeoutError):  # redis-py's TimeoutError, and asyncio.timeout's
+        reason = Unavailability.timeout
+    elif isinstance(exc, ConnectionError):
+        reason = Unavailability.connection
+    else:
+        reason = Unavailability.error
+    return StoreUnavailable(reason)
 
 
 def connect(
-    url: str, *, password: str | None, timeout: float, socket_timeouts: bool = True
+    url: str,
+    *,
+    password: str | None,
+    timeout: float,
+    max_connections: int = 16,
+    socket_timeouts: bool = True,
 ) -> aioredis.Redis:
     """A client with its own pool; nothing connects until the first command. Connecting is
     bounded by `timeout`, and so is each socket read and write unless `socket_timeouts` is off
-    (for callers that bound whole operations themselves, as RedisTaskStore does)."""
+    (for callers that bound whole operations themselves, as RedisTaskStore does).
+
+    The pool holds at most `max_connections`; a call that finds them all busy waits for one
+    (at most `timeout`: RedisTaskStore's bound on the whole operation cuts it shorter) rather
+    than failing at once, so a burst queues instead of erroring."""
     options: dict[str, Any] = {
         **parse_url(url),
         "socket_timeout": timeout if socket_timeouts else None,
         "socket_connect_timeout": timeout,
         "retry": Retry(NoBackoff(), 0),  # one bounded attempt: the caller answers 503
         "decode_responses": True,
-        "max_connections": 256,
+        "max_connections": max_connections,
+        "timeout": timeout,
     }
     if password is not None:
         options["password"] = password
-    return aioredis.Redis(connection_pool=ConnectionPool(**options), retry=Retry(NoBackoff(), 0))
+    pool = BlockingConnectionPool(**options)
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 class RedisKeys:
@@ -107,64 +177,13 @@ class RedisKeys:
         return [self.all, *(self.status(s) for s in Status)]
 
 
-# Redis-side checks that must be atomic with the write they guard.
-# KEYS of the batch scripts: the index keys (RedisKeys.indexes: all, then one per status), then
-# one task key per task.
-_INDEXES = 1 + len(Status)
-_DELETE_UNCHANGED = f"""
-local n = #KEYS - {_INDEXES}
-local deleted = {{}}
-for i = 1, n do
-  local base = (i - 1) * 4
-  local current = redis.call('HMGET', KEYS[{_INDEXES} + i], 'status', 'updated_at', 'completed_at')
-  if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
-      and current[3] == ARGV[base + 4] then
-    redis.call('DEL', KEYS[{_INDEXES} + i])
-    for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
-    deleted[#deleted + 1] = ARGV[base + 1]
-  end
-end
-return deleted
-"""
-_FIELDS = tuple(Task.model_fields)
+# What the Lua scripts share; each script sits in RedisTaskStore next to the operation that
+# calls it, with its KEYS and ARGV, and is registered once per process (in __init__).
+_INDEXES = 1 + len(Status)  # the index keys: index:all, then one per status (RedisKeys.indexes)
+_FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
-# ARGV per task: its status index's position in KEYS (2 on), then the fields in _FIELDS order
-# (id first).
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
-_PUT = (
-    _LUA_FIELD_NAMES
-    + f"""
-local width = 1 + #names
-for i = 1, #KEYS - {_INDEXES} do
-  local base = (i - 1) * width
-  local id = ARGV[base + 2]
-  local fields = {{}}
-  for f = 1, #names do
-    fields[2 * f - 1] = names[f]
-    fields[2 * f] = ARGV[base + 1 + f]
-  end
-  redis.call('DEL', KEYS[{_INDEXES} + i])
-  redis.call('HSET', KEYS[{_INDEXES} + i], unpack(fields))
-  redis.call('ZADD', KEYS[1], 0, id)
-  for k = 2, {_INDEXES} do
-    if k == tonumber(ARGV[base + 1]) then
-      redis.call('ZADD', KEYS[k], 0, id)
-    else
-      redis.call('ZREM', KEYS[k], id)
-    end
-  end
-end
-return #KEYS - {_INDEXES}
-"""
-)
-_RENEW_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_CHANGED = -1  # what the compare-and-set scripts return when the task changed since read
 _LAYOUT_RECHECK_SECONDS = 1.0
 
 
@@ -178,16 +197,35 @@ def _from_hash(fields: Mapping[str, str]) -> Task:
     return Task.model_validate({**fields, "completed_at": fields.get("completed_at") or None})
 
 
+def _field_values(task: Task) -> list[str]:
+    fields = _to_hash(task)
+    return [fields[name] for name in _FIELDS]
+
+
 class RedisTaskStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str, timeout: float) -> None:
         self._redis = client
         self._keys = RedisKeys(prefix)
         self._timeout = timeout
+        # One operation per pooled connection at a time (an operation uses one connection at a
+        # time); the others queue here, first come first served, within their budget. Waiting
+        # here rather than in the pool means a call that runs out of time is cancelled while
+        # it holds no connection: under overload, connections are not torn down (each one
+        # cancelled mid-command must be), so the pool does not churn into a collapse.
+        pool_size = client.connection_pool.max_connections
+        self._slots = asyncio.Semaphore(pool_size)
         self._layout_checked_at: float | None = None
-        self._delete_unchanged = client.register_script(_DELETE_UNCHANGED)
-        self._put = client.register_script(_PUT)
-        self._renew_lock = client.register_script(_RENEW_LOCK)
-        self._release_lock = client.register_script(_RELEASE_LOCK)
+        self._role_checked_at: float | None = None
+        # Registered once per process (the store is): each call runs EVALSHA, loading the
+        # script only if the server does not know it yet.
+        self._create_script = client.register_script(self._CREATE)
+        self._list_script = client.register_script(self._LIST)
+        self._update_script = client.register_script(self._UPDATE)
+        self._delete_script = client.register_script(self._DELETE)
+        self._delete_unchanged = client.register_script(self._DELETE_UNCHANGED)
+        self._put = client.register_script(self._PUT)
+        self._renew_lock = client.register_script(self._RENEW_LOCK)
+        self._release_lock = client.register_script(self._RELEASE_LOCK)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -199,18 +237,49 @@ class RedisTaskStore:
         return self._keys
 
     async def _bounded(self, operation: Awaitable[T]) -> T:
-        """Run one store operation within the timeout; an outage becomes StoreUnavailable."""
+        """Run one store operation within the timeout; any Redis failure becomes
+        StoreUnavailable, and a node that no longer takes writes loses our connections."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), self._slots:
                 return await operation
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+        except REDIS_FAILURES as exc:
+            error = unavailable(exc)
+        except StoreUnavailable as exc:  # the ROLE check's verdict
+            error = exc
+        finally:
+            if isinstance(operation, Coroutine):
+                operation.close()  # one that timed out waiting for its turn never started
+        if error.reason in _STALE_NODE:
+            await self._drop_connections()
+        raise error
+
+    async def _drop_connections(self) -> None:
+        """Close every pooled connection, so the next call connects (and resolves the
+        address) afresh: after a failover, a Service or DNS name leads to the new primary."""
+        self._layout_checked_at = self._role_checked_at = None
+        with contextlib.suppress(*REDIS_FAILURES, OSError):
+            async with asyncio.timeout(self._timeout):
+                await self._redis.connection_pool.disconnect()
+        # Info: each request that met the read-only node logs its own "store unavailable".
+        log.info("dropped the Redis connections: the node no longer takes writes")
 
     async def ping(self) -> None:
         await self._bounded(self._ping())
 
     async def _ping(self) -> None:
+        await self._check_role()
         await self._check_layout()
+
+    async def _check_role(self) -> None:
+        """Refuse a replica (it would answer reads and fail every write), at most a second
+        stale: readiness probes come often, failovers rarely."""
+        checked = self._role_checked_at
+        if checked is not None and time.monotonic() - checked < _ROLE_RECHECK_SECONDS:
+            return
+        role = await self._redis.role()
+        if role[0] != "master":
+            raise StoreUnavailable(Unavailability.readonly, "the store is a read-only replica")
+        self._role_checked_at = time.monotonic()
 
     async def _check_layout(self) -> None:
         """Raise LayoutMismatch unless the stored layout is this build's; record it when the
@@ -248,30 +317,41 @@ class RedisTaskStore:
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)
 
+    # Create, atomically, optionally under an Idempotency-Key.
+    # KEYS: [1] the task's hash, [2] index:all, [3] its status index, [4] (with a key only) the
+    #   idempotency record.
+    # ARGV: [1] the task id, [2] the idempotency record ("<fingerprint>\n<task json>") or "",
+    #   [3] its TTL in seconds or "", [4..] the hash's field/value pairs.
+    # Returns nil when it created the task, else the record stored earlier under the key.
+    _CREATE = """
+    if KEYS[4] then
+      local remembered = redis.call('GET', KEYS[4])
+      if remembered then return remembered end
+      redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+    end
+    redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+    redis.call('ZADD', KEYS[2], 0, ARGV[1])
+    redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    return false
+    """
+
     async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
         return await self._bounded(self._create(task, idempotency))
 
     async def _create(self, task: Task, idempotency: Idempotency | None) -> Created:
         await self._guard_write()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    if idempotency is not None:
-                        key = self._keys.idempotency(idempotency.key)
-                        await pipe.watch(key)
-                        remembered = cast(str | None, await pipe.get(key))
-                        if remembered is not None:
-                            return self._replay(remembered, idempotency)
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        record = idempotency.fingerprint + "\n" + task.model_dump_json()
-                        pipe.set(key, record, ex=idempotency.ttl_seconds)
-                    pipe.hset(self._keys.task(task.id), mapping=_to_hash(task))
-                    pipe.zadd(self._keys.all, {task.id: 0})
-                    pipe.zadd(self._keys.status(task.status), {task.id: 0})
-                    await pipe.execute()
-                    return Created(task)
-                except WatchError:
-                    continue  # a concurrent request with the same key won: replay its answer
+        keys = [self._keys.task(task.id), self._keys.all, self._keys.status(task.status)]
+        args: list[str | int] = [task.id, "", ""]
+        if idempotency is not None:
+            keys.append(self._keys.idempotency(idempotency.key))
+            args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
+            args[2] = idempotency.ttl_seconds
+        for name, value in _to_hash(task).items():
+            args += [name, value]
+        remembered = await self._create_script(keys=keys, args=args)
+        if remembered is None or idempotency is None:
+            return Created(task)
+        return self._replay(cast(str, remembered), idempotency)
 
     @staticmethod
     def _replay(remembered: str, idempotency: Idempotency) -> Created:
@@ -288,26 +368,66 @@ class RedisTaskStore:
             raise TaskNotFound()
         return _from_hash(fields)
 
+    # A listing page in one round trip, so the index and the hashes are read at one instant.
+    # KEYS: [1] the index to read (index:all or one status index).
+    # ARGV: [1] the upper bound ("+" or "(<id>"), [2] how many ids (the limit plus one),
+    #   [3] the task key prefix (`<prefix>task:`): task keys are derived here, not declared, which
+    #   a single Redis (our deployment) allows and a cluster would not.
+    # Returns {ids, rows}: each row a flat HGETALL reply, empty for a task deleted meanwhile.
+    _LIST = """
+    local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, ARGV[2])
+    local rows = {}
+    for i, id in ipairs(ids) do rows[i] = redis.call('HGETALL', ARGV[3] .. id) end
+    return {ids, rows}
+    """
+
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
         return await self._bounded(self._list(status, limit, before))
 
     async def _list(self, status: Status | None, limit: int, before: str | None) -> Page:
         index = self._keys.all if status is None else self._keys.status(status)
         upper = "+" if before is None else f"({before}"
-        ids = cast(
-            list[str], await self._redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+        ids, rows = cast(
+            tuple[list[str], list[list[str]]],
+            await self._list_script(keys=[index], args=[upper, limit + 1, self._keys.task("")]),
         )
         has_more = len(ids) > limit
-        ids = ids[:limit]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hgetall(self._keys.task(task_id))
-            rows: list[dict[str, str]] = await pipe.execute() if ids else []
-        # A task deleted between the two reads is simply absent from this page.
+        tasks = [_from_hash(dict(zip(row[::2], row[1::2], strict=True))) for row in rows[:limit]]
         return Page(
-            items=[_from_hash(row) for row in rows if row],
-            next_cursor=ids[-1] if has_more else None,
+            # A deleted task (empty row) is simply absent; a row is checked against the filter
+            # as well, so the answer can only hold tasks that have the status asked for.
+            items=[t for t in tasks if status is None or t.status is status],
+            next_cursor=ids[limit - 1] if has_more else None,
         )
+
+    # Compare-and-set of a patch: write the new fields only if the hash still holds every field
+    # as read.
+    # KEYS: [1] the task's hash, [2] its current status index, [3] its new status index.
+    # ARGV: [1] the task id, [2 .. 1+n] the fields as read, [2+n .. 1+2n] the new fields
+    #   (n fields in _FIELDS order).
+    # Returns 1 when written, 0 when the task is gone, -1 when it changed since it was read.
+    _UPDATE = (
+        _LUA_FIELD_NAMES
+        + """
+    local n = #names
+    local current = redis.call('HMGET', KEYS[1], unpack(names))
+    if not current[1] then return 0 end
+    for i = 1, n do
+      if current[i] ~= ARGV[1 + i] then return -1 end
+    end
+    local fields = {}
+    for i = 1, n do
+      fields[2 * i - 1] = names[i]
+      fields[2 * i] = ARGV[1 + n + i]
+    end
+    redis.call('HSET', KEYS[1], unpack(fields))
+    if KEYS[2] ~= KEYS[3] then
+      redis.call('ZREM', KEYS[2], ARGV[1])
+      redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    end
+    return 1
+    """
+    )
 
     async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         return await self._bounded(self._update(task_id, change))
@@ -315,39 +435,62 @@ class RedisTaskStore:
     async def _update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         await self._guard_write()
         key = self._keys.task(task_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    fields = cast(dict[str, str], await pipe.hgetall(key))
-                    if not fields:
-                        raise TaskNotFound()
-                    current = _from_hash(fields)
-                    new = change(current)
-                    if new is current:
-                        return current
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, mapping=_to_hash(new))
-                    if new.status is not current.status:
-                        pipe.zrem(self._keys.status(current.status), task_id)
-                        pipe.zadd(self._keys.status(new.status), {task_id: 0})
-                    await pipe.execute()
-                    return new
-                except WatchError:
-                    continue  # written concurrently: re-read and re-apply
+        while True:  # until the compare-and-set finds the task as read (bounded by the timeout)
+            fields = cast(dict[str, str], await self._redis.hgetall(key))
+            if not fields:
+                raise TaskNotFound()
+            current = _from_hash(fields)
+            new = change(current)
+            if new is current:
+                return current
+            keys = [key, self._keys.status(current.status), self._keys.status(new.status)]
+            args = [task_id, *(fields.get(name, "") for name in _FIELDS), *_field_values(new)]
+            written = await self._update_script(keys=keys, args=args)
+            if written == 0:
+                raise TaskNotFound()
+            if written != _CHANGED:
+                return new
 
-    async def delete(self, task_id: str) -> None:
-        await self._bounded(self._delete(task_id))
+    # Delete, unconditionally or only if the hash still holds every field as read.
+    # KEYS: [1] the task's hash, [2..] every index (RedisKeys.indexes).
+    # ARGV: [1] the task id, [2 .. 1+n] (conditional deletes only) the fields as read.
+    # Returns 1 when deleted, 0 when the task is gone, -1 when it changed since it was read.
+    _DELETE = (
+        _LUA_FIELD_NAMES
+        + """
+    if #ARGV > 1 then
+      local current = redis.call('HMGET', KEYS[1], unpack(names))
+      if not current[1] then return 0 end
+      for i = 1, #names do
+        if current[i] ~= ARGV[1 + i] then return -1 end
+      end
+    end
+    if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+    for k = 2, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
+    return 1
+    """
+    )
 
-    async def _delete(self, task_id: str) -> None:
+    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
+        await self._bounded(self._delete(task_id, check))
+
+    async def _delete(self, task_id: str, check: Callable[[Task], None] | None) -> None:
         await self._guard_write()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.task(task_id))
-            for index in self._keys.indexes():
-                pipe.zrem(index, task_id)
-            deleted, *_ = await pipe.execute()
-        if not deleted:
-            raise TaskNotFound()
+        key = self._keys.task(task_id)
+        keys = [key, *self._keys.indexes()]
+        while True:  # a conditional delete retries while the task keeps changing under it
+            args = [task_id]
+            if check is not None:
+                fields = cast(dict[str, str], await self._redis.hgetall(key))
+                if not fields:
+                    raise TaskNotFound()
+                check(_from_hash(fields))
+                args += [fields.get(name, "") for name in _FIELDS]
+            deleted = await self._delete_script(keys=keys, args=args)
+            if deleted == 0:
+                raise TaskNotFound()
+            if deleted != _CHANGED:
+                return
 
     # --- for the admin jobs ---------------------------------------------------------------
 
@@ -369,6 +512,27 @@ class RedisTaskStore:
             rows: _Rows = await pipe.execute()
         return [_from_hash(row) for row in rows if row]
 
+    # Delete each task only if it is stored as read (status, updated_at, completed_at).
+    # KEYS: the index keys (_INDEXES of them), then one task hash per task.
+    # ARGV: per task, 4 values: its id, status, updated_at, completed_at ("" for none).
+    # Returns the ids deleted.
+    _DELETE_UNCHANGED = f"""
+    local n = #KEYS - {_INDEXES}
+    local deleted = {{}}
+    for i = 1, n do
+      local base = (i - 1) * 4
+      local current = redis.call(
+        'HMGET', KEYS[{_INDEXES} + i], 'status', 'updated_at', 'completed_at')
+      if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
+          and current[3] == ARGV[base + 4] then
+        redis.call('DEL', KEYS[{_INDEXES} + i])
+        for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
+        deleted[#deleted + 1] = ARGV[base + 1]
+      end
+    end
+    return deleted
+    """
+
     async def delete_unchanged(self, tasks: Sequence[Task]) -> IdList:
         if not tasks:
             return []
@@ -383,6 +547,37 @@ class RedisTaskStore:
             args += [task.id, fields["status"], fields["updated_at"], fields["completed_at"]]
         deleted = await self._delete_unchanged(keys=keys, args=args)
         return cast(IdList, deleted)
+
+    # Upsert tasks exactly as given, indexes kept consistent, as one atomic batch.
+    # KEYS: the index keys (_INDEXES of them), then one task hash per task.
+    # ARGV: per task, its status index's position in KEYS (2 on), then its fields in _FIELDS order.
+    # Returns how many tasks it wrote.
+    _PUT = (
+        _LUA_FIELD_NAMES
+        + f"""
+    local width = 1 + #names
+    for i = 1, #KEYS - {_INDEXES} do
+      local base = (i - 1) * width
+      local id = ARGV[base + 2]
+      local fields = {{}}
+      for f = 1, #names do
+        fields[2 * f - 1] = names[f]
+        fields[2 * f] = ARGV[base + 1 + f]
+      end
+      redis.call('DEL', KEYS[{_INDEXES} + i])
+      redis.call('HSET', KEYS[{_INDEXES} + i], unpack(fields))
+      redis.call('ZADD', KEYS[1], 0, id)
+      for k = 2, {_INDEXES} do
+        if k == tonumber(ARGV[base + 1]) then
+          redis.call('ZADD', KEYS[k], 0, id)
+        else
+          redis.call('ZREM', KEYS[k], id)
+        end
+      end
+    end
+    return #KEYS - {_INDEXES}
+    """
+    )
 
     async def put_many(self, tasks: Sequence[Task]) -> None:
         if tasks:
@@ -404,9 +599,24 @@ class RedisTaskStore:
         call = self._redis.set(self._keys.lock(name), token, nx=True, px=_ms(ttl_seconds))
         return token if await self._bounded(call) else None
 
+    # Extend a lock only while this token holds it.
+    # KEYS: [1] the lock. ARGV: [1] the token, [2] the new TTL in milliseconds.
+    # Returns 1 when extended, 0 when the lock expired or another token holds it.
+    _RENEW_LOCK = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+    return 0
+    """
+
     async def renew_lock(self, name: str, token: str, ttl_seconds: float) -> bool:
         call = self._renew_lock(keys=[self._keys.lock(name)], args=[token, _ms(ttl_seconds)])
         return bool(await self._bounded(call))
+
+    # Release a lock only while this token holds it.
+    # KEYS: [1] the lock. ARGV: [1] the token. Returns 1 when released, 0 otherwise.
+    _RELEASE_LOCK = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """
 
     async def release_lock(self, name: str, token: str) -> bool:
         call = self._release_lock(keys=[self._keys.lock(name)], args=[token])

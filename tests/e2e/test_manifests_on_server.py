@@ -124,7 +124,8 @@ def test_kustomize_overlay_passes_a_server_dry_run(overlay, kubectl, module_name
         # No Secret is generated for prod: the README's one command creates it first.
         secret = kubectl(
             "create", "secret", "generic", "tasks", "-n", module_namespace,
-            "--from-literal=TASKS_REDIS_PASSWORD=e2e", "--from-literal=TASKS_API_KEYS=e2e",
+            "--from-literal=TASKS_REDIS_PASSWORD=e2e",
+            "--from-literal=TASKS_API_KEYS=e2e-only-api-key-0001",
             "--dry-run=client", "-o", "json",
         ).stdout  # fmt: skip
         kubectl("apply", "-f", "-", input=secret)

@@ -202,7 +202,10 @@ TASKS_HOST: {{ .Values.config.host | quote }}
 TASKS_STORE: "redis"
 TASKS_REDIS_URL: {{ include "tasks.redis.url" . | quote }}
 TASKS_REDIS_TIMEOUT_SECONDS: {{ .Values.config.redisTimeoutSeconds | toString | quote }}
+TASKS_REDIS_MAX_CONNECTIONS: {{ .Values.config.redisMaxConnections | toString | quote }}
 TASKS_REDIS_KEY_PREFIX: {{ .Values.config.redisKeyPrefix | quote }}
+TASKS_MAX_BODY_BYTES: {{ .Values.config.maxBodyBytes | toString | quote }}
+TASKS_MAX_HEADER_BYTES: {{ .Values.config.maxHeaderBytes | toString | quote }}
 TASKS_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 TASKS_SHUTDOWN_DELAY_SECONDS: {{ .Values.config.shutdownDelaySeconds | toString | quote }}
 TASKS_GRACEFUL_TIMEOUT_SECONDS: {{ .Values.config.gracefulTimeoutSeconds | toString | quote }}
