@@ -1,7 +1,10 @@
-"""`python -m jobs migrate`: bring the stored data layout to this build's version.
+"""`python -m jobs migrate [--contract]`: bring the stored data layout to this build's version.
 
 Runs as a Helm hook right after Redis is created, so it first waits (bounded by `--wait`) for
 the store to answer. Concurrent runs serialize on a lock; a second run finds nothing to do.
+The hook applies what old pods keep serving through (and what this build cannot do without); a
+contraction waits for `--contract`, run once every pod is this build's (the rules are in
+`service.store.migrations`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ async def wait_for_store(store: RedisTaskStore, deadline: float) -> None:
     delay = 0.25
     while True:
         try:
-            await store.layout_version()
+            await store.layout()
             return
         except StoreUnavailable as exc:
             left = deadline - time.monotonic()
@@ -59,21 +62,26 @@ async def run(args: argparse.Namespace, settings: Settings) -> Summary:
         await wait_for_store(store, deadline)
         token = await wait_for_lock(store, deadline)
         try:
-            result = await migrate(store)
+            result = await migrate(store, contract=args.contract)
         except MigrationFailed as exc:
             raise JobFailed(str(exc)) from exc
         finally:
             with suppress(StoreUnavailable):
                 await store.release_lock(LOCK, token)
+    before = result.before.current if result.before is not None else None
     log.info(
         "layout up to date",
-        extra={"from": result.before, "to": result.after, "applied": result.applied},
+        extra={"from": before, "to": result.after.current, "applied": result.applied},
     )
+    if result.pending:
+        log.info("a contraction is pending: run `migrate --contract` once every pod is new")
     return {
-        "from": result.before,
-        "to": result.after,
+        "from": before,
+        "to": result.after.current,
+        "min_compatible": result.after.min_compatible,
         "applied": result.applied,
         "converted": result.changed,
+        "pending_contract": result.pending,
     }
 
 
@@ -85,11 +93,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"how long to wait for the store to answer ({WAIT_SECONDS:g})",
     )
+    parser.add_argument(
+        "--contract",
+        action="store_true",
+        help="also apply this build's contracting migration: builds older than it stop serving "
+        "(run once every pod is this build's)",
+    )
 
 
 COMMAND = Command(
     name="migrate",
-    help=f"migrate the stored data layout to version {LAYOUT_VERSION} (idempotent)",
+    help=f"migrate the stored data layout to version {LAYOUT_VERSION} (idempotent; "
+    "--contract: with the contraction, after the rollout)",
     add_arguments=_arguments,
     run=run,
 )

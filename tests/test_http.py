@@ -22,6 +22,7 @@ from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, ap
 from service.errors import PreconditionFailed, TasksError, Unavailability
 from service.settings import DEFAULT_MAX_BODY_BYTES
 from service.store import open_store
+from service.store.base import BuildLayout, LayoutWindow
 from tests.conftest import StartService
 from tests.support import RedisServer, ServiceProcess, free_port, redis_env
 
@@ -430,7 +431,7 @@ def test_every_error_type_has_exactly_one_problem_answer() -> None:
     samples = {
         "UnsupportedMediaType": ("POST",),
         "StoreUnavailable": (Unavailability.timeout,),
-        "LayoutMismatch": (2,),
+        "LayoutMismatch": (LayoutWindow(2, 2), BuildLayout(1, 1, 1)),
     }
     for error in leaves(TasksError) - {TasksError}:
         response = answer(error(*samples.get(error.__name__, ())))

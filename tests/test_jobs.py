@@ -403,8 +403,32 @@ def test_migrate_records_the_layout_of_an_empty_store(
     run = run_job(env, "migrate")
     assert run.code == 0, run.stderr
     assert (run.summary["from"], run.summary["to"], run.summary["applied"]) == (None, 1, 0)
+    assert run.summary["min_compatible"] == 1 and run.summary["pending_contract"] == 0
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert plain.get(f"{settings.redis_key_prefix}meta:layout") == str(LAYOUT_VERSION)
+    assert plain.get(f"{settings.redis_key_prefix}meta:layout-min") == "1"
+
+
+@pytest.mark.factor("XII", "IX")
+def test_jobs_of_an_older_build_run_on_data_a_newer_build_expanded(
+    settings: Settings, env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """After a newer build's expansion (layout N + 1 that still admits N) this build's jobs
+    work as before, and its migrate (an upgrade back to this image) changes nothing."""
+    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    prefix = settings.redis_key_prefix
+    keys, window = [f"{prefix}meta:layout", f"{prefix}meta:layout-min"], [LAYOUT_VERSION + 1, 1]
+    plain.mset(dict(zip(keys, window, strict=True)))
+    for args in (["migrate"], ["migrate", "--contract"], ["cleanup"]):
+        run = run_job(env, *args)
+        assert run.code == 0, (args, run.stderr)
+        if args[0] == "migrate":
+            assert (run.summary["from"], run.summary["to"], run.summary["applied"]) == (
+                LAYOUT_VERSION + 1,
+                LAYOUT_VERSION + 1,
+                0,
+            )
+    assert plain.mget(keys) == [str(v) for v in window]
 
 
 @pytest.mark.factor("XII", "IX")

@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task
 from service.store import TaskStore
-from service.store.base import LAYOUT_VERSION, LayoutMismatch
+from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow
+from service.store.migrations import BUILD_LAYOUT
 from tests.support import with_store
 
 T = TypeVar("T")
@@ -126,22 +127,30 @@ def test_a_lock_is_held_by_one_token_until_released_or_expired(
 
 
 @pytest.mark.factor("XII", "X")
-def test_the_layout_version_is_recorded_on_first_contact(store_kind: str, make_settings) -> None:  # type: ignore[no-untyped-def]
-    async def scenario(store: TaskStore) -> tuple[int | None, int | None]:
-        before = await store.layout_version()
+def test_the_layout_window_is_recorded_on_first_contact(store_kind: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    async def scenario(store: TaskStore) -> tuple[LayoutWindow | None, LayoutWindow | None]:
+        before = await store.layout()
         await store.ping()
-        return before, await store.layout_version()
+        return before, await store.layout()
 
     before, after = with_store(make_settings(store_kind), scenario)
-    assert before == (None if store_kind == "redis" else LAYOUT_VERSION)
-    assert after == LAYOUT_VERSION
+    ours = LayoutWindow(LAYOUT_VERSION, BUILD_LAYOUT.fresh_min)
+    assert before == (None if store_kind == "redis" else ours)
+    assert after == ours
 
 
 # --- the layout guard (Redis: the layout is shared with other builds) ------------------------
 
 
+def contract_past_this_build(plain: redis.Redis, prefix: str) -> None:
+    """What a newer build's `migrate --contract` records: a layout no longer for this build."""
+    plain.mset(
+        {f"{prefix}meta:layout": LAYOUT_VERSION + 1, f"{prefix}meta:layout-min": LAYOUT_VERSION + 1}
+    )
+
+
 @pytest.mark.factor("XII", "IX")
-def test_a_newer_stored_layout_fails_readiness_and_refuses_writes(
+def test_a_layout_contracted_past_the_build_fails_readiness_and_refuses_writes(
     make_settings, redis_server
 ) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings("redis")
@@ -150,8 +159,8 @@ def test_a_newer_stored_layout_fails_readiness_and_refuses_writes(
         assert client.get("/readyz").status_code == 200
         created = client.post("/v1/tasks", json={"title": "before the upgrade"})
         assert created.status_code == 201
-        # A newer build migrated the data; this (rolled-back) pod must step aside.
-        plain.set(f"{settings.redis_key_prefix}meta:layout", LAYOUT_VERSION + 1)
+        # A newer build contracted the data; this (rolled-back) pod must step aside.
+        contract_past_this_build(plain, settings.redis_key_prefix)
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["detail"] == (
@@ -159,6 +168,11 @@ def test_a_newer_stored_layout_fails_readiness_and_refuses_writes(
             f"({LAYOUT_VERSION})"
         )
         assert ready.json()["checks"]["store"] == "layout-mismatch"
+        assert ready.json()["layout"] == {
+            "stored": LAYOUT_VERSION + 1,
+            "min_compatible": LAYOUT_VERSION + 1,
+            "understood": LAYOUT_VERSION,
+        }
         for response in (
             client.post("/v1/tasks", json={"title": "x"}),
             client.patch(created.headers["location"], json={"title": "y"}),
@@ -172,13 +186,13 @@ def test_a_newer_stored_layout_fails_readiness_and_refuses_writes(
 
 
 @pytest.mark.factor("XII")
-def test_a_write_notices_a_layout_change_within_a_second(make_settings, redis_server) -> None:  # type: ignore[no-untyped-def]
+def test_a_write_notices_a_contraction_within_a_second(make_settings, redis_server) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings("redis")
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
     async def scenario(store: TaskStore) -> None:
         await store.create(task("first"))
-        plain.set(f"{settings.redis_key_prefix}meta:layout", LAYOUT_VERSION + 1)
+        contract_past_this_build(plain, settings.redis_key_prefix)
         await asyncio.sleep(1.1)
         with pytest.raises(LayoutMismatch):
             await store.create(task("second"))

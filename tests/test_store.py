@@ -16,7 +16,7 @@ from service.domain import TaskCreate, TaskPatch, apply_patch, new_task
 from service.errors import PreconditionFailed, StoreUnavailable, Unavailability
 from service.observability.metrics import Metrics
 from service.store import TaskStore, open_store
-from service.store.base import LAYOUT_VERSION, TaskList
+from service.store.base import LAYOUT_VERSION, LayoutWindow, TaskList
 from service.store.instrumented import InstrumentedStore
 from service.store.memory import MemoryTaskStore
 from tests.support import RedisServer
@@ -39,6 +39,7 @@ def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
     ours = {k for k in keys if k.startswith("prefix-test:")}
     assert ours == {
         "prefix-test:meta:layout",
+        "prefix-test:meta:layout-min",
         f"prefix-test:task:{task.json()['id']}",
         "prefix-test:index:all",
         "prefix-test:index:status:done",
@@ -157,8 +158,9 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
             assert await store.get_many([kept.id, gone.id]) == [done]
             await store.put_many([done])
             assert await store.delete_unchanged([done]) == [kept.id]
-            await store.set_layout_version(LAYOUT_VERSION)
-            assert await store.layout_version() == LAYOUT_VERSION
+            window = LayoutWindow(LAYOUT_VERSION, LAYOUT_VERSION)
+            await store.set_layout(window)
+            assert await store.layout() == window
             token = await store.acquire_lock("job", 5)
             assert token is not None
             assert await store.renew_lock("job", token, 5)

@@ -9,7 +9,7 @@ from service.api.deps import lifecycle_of, metrics_of, settings_of, store_of
 from service.api.problems import RETRY_AFTER_SECONDS, problem
 from service.errors import StoreUnavailable, Unavailability
 from service.observability.metrics import CONTENT_TYPE
-from service.store.base import LAYOUT_VERSION, LayoutMismatch
+from service.store.base import LayoutMismatch
 
 router = APIRouter(tags=["operations"])
 
@@ -24,7 +24,7 @@ _READ_ONLY = frozenset({Unavailability.readonly, Unavailability.masterdown})
 
 @router.get(
     "/readyz",
-    summary="Ready for traffic: store reachable and writable, its data layout ours, not draining",
+    summary="Ready for traffic: store reachable and writable, its data layout served, not draining",
     responses={503: {"content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> JSONResponse:
@@ -44,13 +44,17 @@ async def readyz(request: Request) -> JSONResponse:
             checks={"draining": False, "store": "read-only" if read_only else "unreachable"},
         )
     except LayoutMismatch as exc:
-        # A rolled-back pod meets a newer layout (or a new one an unmigrated store): no traffic.
+        # Data contracted past this build, or not yet migrated to what it needs: no traffic.
         return problem(
             503,
             title="Not ready",
             detail=str(exc),
             checks={"draining": False, "store": "layout-mismatch"},
-            layout={"stored": exc.stored, "understood": LAYOUT_VERSION},
+            layout={
+                "stored": exc.stored.current,
+                "min_compatible": exc.stored.min_compatible,
+                "understood": exc.build.version,
+            },
         )
     return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
 

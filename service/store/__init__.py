@@ -18,6 +18,7 @@ def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore
     turns them off: on Python 3.11 redis-py's write timeout starts an extra asyncio Task per
     command."""
     if settings.store == "redis":
+        from service.store.migrations import BUILD_LAYOUT
         from service.store.redis import RedisTaskStore, connect
 
         password = settings.redis_password
@@ -29,7 +30,10 @@ def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore
             socket_timeouts=socket_timeouts,
         )
         return RedisTaskStore(
-            client, prefix=settings.redis_key_prefix, timeout=settings.redis_timeout_seconds
+            client,
+            prefix=settings.redis_key_prefix,
+            timeout=settings.redis_timeout_seconds,
+            layout=BUILD_LAYOUT,
         )
     from service.store.memory import MemoryTaskStore
 

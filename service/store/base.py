@@ -14,23 +14,55 @@ IdList = list[str]
 TaskList = list[Task]
 
 LAYOUT_VERSION = 1
-"""Version of the data layout a store writes (Redis: `<prefix>meta:layout`); migrations bump it."""
+"""The data layout this build writes (Redis: `<prefix>meta:layout`); migrations bump it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutWindow:
+    """What a store records about its data: the layout it is in, and the oldest build layout
+    that may still read and write it (expand migrations keep older builds in the window,
+    contracting ones move it past them)."""
+
+    current: int
+    min_compatible: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLayout:
+    """The stored layouts a build serves: it writes `version`, and serves data whose window
+    admits it (`min_compatible <= version`) once the data is at least at `needs` (`version`, or
+    the layout before it when its last migration is a contraction it can run without).
+    `fresh_min` is the window's floor it records in an empty store."""
+
+    version: int
+    needs: int
+    fresh_min: int
+
+    def serves(self, stored: LayoutWindow) -> bool:
+        return stored.min_compatible <= self.version and stored.current >= self.needs
 
 
 class LayoutMismatch(TasksError):
-    """The stored data layout is not the one this build reads and writes: the store refuses
-    writes and readiness fails until `python -m jobs migrate` (older) or a newer build (newer)."""
+    """The stored data layout is outside what this build serves: the store refuses writes and
+    readiness fails until `python -m jobs migrate` (data too old) or a newer build (data that
+    has contracted past this build)."""
 
-    def __init__(self, stored: int) -> None:
-        if stored > LAYOUT_VERSION:
-            why = f"data layout {stored} is newer than this build understands ({LAYOUT_VERSION})"
-        else:
+    def __init__(self, stored: LayoutWindow, build: BuildLayout) -> None:
+        if stored.current < build.needs:
             why = (
-                f"data layout {stored} is older than this build ({LAYOUT_VERSION}): "
+                f"data layout {stored.current} is older than this build ({build.version}): "
                 "run `python -m jobs migrate`"
             )
+        else:
+            why = (
+                f"data layout {stored.current} is newer than this build understands "
+                f"({build.version})"
+            )
+            if stored.min_compatible != stored.current:
+                why += f": it admits builds of layout {stored.min_compatible} or newer"
         super().__init__(why)
         self.stored = stored
+        self.build = build
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +90,9 @@ class TaskStore(Protocol):
     """
 
     async def ping(self) -> None:
-        """Return when the store answers, takes writes (not a read-only replica) and its data
-        layout is this build's (an empty store gets it recorded); raise `LayoutMismatch` when
-        the stored layout is another version."""
+        """Return when the store answers, takes writes (not a read-only replica) and this build
+        serves its data layout (`BuildLayout.serves`; an empty store gets this build's window
+        recorded); raise `LayoutMismatch` when it does not."""
 
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
@@ -105,12 +137,14 @@ class TaskStore(Protocol):
         """Upsert the tasks exactly as given (every field kept, indexes consistent), as one
         atomic batch."""
 
-    async def layout_version(self) -> int | None:
-        """The stored data layout version: None for an empty store that has none recorded,
-        0 for data written before layouts were versioned."""
+    async def layout(self) -> LayoutWindow | None:
+        """The stored data layout and its window: None for an empty store that has none
+        recorded, layout 0 for data written before layouts were versioned. Data recorded before
+        the window existed admits builds of its own layout only (min_compatible = current)."""
 
-    async def set_layout_version(self, version: int) -> None:
-        """Record the data layout version (migrations call this after each step)."""
+    async def set_layout(self, window: LayoutWindow) -> None:
+        """Record the data layout and its window, both at once (migrations call this after
+        each step)."""
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
         """Take the named lock for `ttl_seconds`: its token, or None when someone holds it."""

@@ -9,7 +9,14 @@ from collections.abc import Callable, Sequence
 
 from service.domain import Page, Status, Task
 from service.errors import IdempotencyKeyReused, TaskNotFound
-from service.store.base import LAYOUT_VERSION, Created, Idempotency, IdList, TaskList
+from service.store.base import (
+    LAYOUT_VERSION,
+    Created,
+    Idempotency,
+    IdList,
+    LayoutWindow,
+    TaskList,
+)
 
 Ids = list[str]  # sorted task ids
 
@@ -22,7 +29,7 @@ class MemoryTaskStore:
         # Sorted ids, for all tasks (key None) and per status.
         self._index: dict[Status | None, Ids] = {None: [], **{s: [] for s in Status}}
         self._idempotency: dict[str, tuple[float, str, Task]] = {}
-        self._layout = LAYOUT_VERSION
+        self._layout = LayoutWindow(LAYOUT_VERSION, LAYOUT_VERSION)  # no other build shares it
         self._locks: dict[str, tuple[float, str]] = {}  # name -> (expires, token)
 
     async def ping(self) -> None:
@@ -111,11 +118,11 @@ class MemoryTaskStore:
                 await self.delete(task.id)
             await self.create(task)
 
-    async def layout_version(self) -> int | None:
+    async def layout(self) -> LayoutWindow | None:
         return self._layout
 
-    async def set_layout_version(self, version: int) -> None:
-        self._layout = version
+    async def set_layout(self, window: LayoutWindow) -> None:
+        self._layout = window
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
         now = time.monotonic()

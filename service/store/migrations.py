@@ -8,20 +8,47 @@ Layout 0 (before the layout was versioned; there is no `<prefix>meta:layout`):
 Layout 1 is the one `service.store.redis` documents (hashes, id and status indexes). Each
 migration moves the data from `version - 1` to `version` in batches, and is safe to re-run after a
 crash: a task is converted and removed from the old structure in one transaction. The runner
-records the version after each step, so running it again is a no-op.
+records the layout after each step, so running it again is a no-op.
+
+The window. Next to the layout the store records the oldest build layout that may still read
+and write the data (`<prefix>meta:layout-min`). A build serves (ready, writes allowed) while the
+window admits it and the data is at least at the layout it needs (`BuildLayout.serves`), so
+during an upgrade the old pods and the new ones share the data, and a rollback becomes ready.
+
+Writing a migration: every one says what kind of `Change` it is.
+
+- EXPAND (the default, and the norm): it only adds, or rewrites the data into a form every build
+  in the window still reads and writes correctly, and this build keeps writing whatever those
+  builds read. The window's floor stays. It runs in the pre-upgrade hook while old pods serve.
+- CONTRACT: it removes what only builds older than it use, and the build that ships it works
+  with and without it (every build since the expansion it completes stops reading the old
+  form). It moves the floor to its version, so the previous builds stop serving and a rollback
+  to them is refused. As the build's last migration, the hook leaves it pending: run
+  `python -m jobs migrate --contract` once every pod runs this build and rolling back is no
+  longer wanted. Only the last can wait: a build needs every migration before its last.
+- BREAKING: neither (as 0 -> 1: no older build reads the new form, and this build reads only
+  it). It moves the floor to its version and runs in the hook: old pods stop serving until the
+  new ones are ready, a short outage. Prefer an expansion now and a contraction a release later.
+
+So a change of shape ships in two releases: release N expands (adds the new form, writes both,
+reads the new with a fallback to the old), release N + 1 contracts (drops the old form). An
+upgrade from before release N + 1 to a build with migrations after the contraction applies it
+in the hook, since the new build needs it (logged as a warning): old pods from before the
+contraction stop serving, as with a breaking change.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from redis.exceptions import WatchError
 
 from service.domain import Task
-from service.store.base import LAYOUT_VERSION, LayoutMismatch
+from service.store.base import LAYOUT_VERSION, BuildLayout, LayoutMismatch, LayoutWindow
 from service.store.redis import REDIS_FAILURES, RedisTaskStore, _to_hash, unavailable
 
 log = logging.getLogger("tasks.migrations")
@@ -33,11 +60,25 @@ class MigrationFailed(Exception):
     """The data could not be migrated (the message says which task and why)."""
 
 
+class Change(enum.Enum):
+    """What a migration does to the builds before it (the rules are in the module docstring)."""
+
+    EXPAND = "expand"  # they keep serving: the window's floor stays
+    CONTRACT = "contract"  # they stop; this build serves before and after it: run last, apart
+    BREAKING = "breaking"  # they stop; this build needs it: runs in the hook, a short outage
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     version: int
     description: str
     apply: Callable[[RedisTaskStore], Awaitable[int]]  # returns how many items it changed
+    change: Change = Change.EXPAND
+
+    def window_after(self, before: LayoutWindow) -> LayoutWindow:
+        """The stored window once this migration ran on data in `before`."""
+        keeps = self.change is Change.EXPAND
+        return LayoutWindow(self.version, before.min_compatible if keeps else self.version)
 
 
 def _legacy_ids_key(store: RedisTaskStore) -> str:
@@ -110,43 +151,77 @@ def _parse_v0(task_id: str, raw: str) -> Task:
     return task
 
 
+def build_layout(migrations: Sequence[Migration]) -> BuildLayout:
+    """The layouts served by a build whose history is `migrations` (in order, from 1)."""
+    assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
+    last = migrations[-1]
+    floors = [m.version for m in migrations if m.change is not Change.EXPAND]
+    return BuildLayout(
+        version=last.version,
+        needs=last.version - 1 if last.change is Change.CONTRACT else last.version,
+        fresh_min=floors[-1] if floors else 1,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "tasks as hashes, indexed by id and by status", _tasks_to_hashes),
+    Migration(1, "tasks as hashes, indexed by id and by status", _tasks_to_hashes, Change.BREAKING),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, LAYOUT_VERSION + 1))
+BUILD_LAYOUT = build_layout(MIGRATIONS)
+"""The data layouts this build serves (what `open_store` gives the Redis store)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Migrated:
-    """What a run did: the layout before and after, steps applied, items changed."""
+    """What a run did: the stored window before and after, steps applied, items changed, and
+    how many contracting steps it left for `migrate --contract`."""
 
-    before: int | None
-    after: int
+    before: LayoutWindow | None
+    after: LayoutWindow
     applied: int
     changed: int
+    pending: int
 
 
-async def migrate(store: RedisTaskStore) -> Migrated:
-    """Bring the stored layout to LAYOUT_VERSION, one recorded step at a time. The caller holds
-    the migrate lock. A layout newer than this build raises LayoutMismatch."""
-    before = await store.layout_version()
+async def migrate(
+    store: RedisTaskStore, migrations: Sequence[Migration] = MIGRATIONS, *, contract: bool = False
+) -> Migrated:
+    """Bring the stored layout to what the store's build writes, one recorded step at a time;
+    a contraction the build can run without waits for `contract`. The caller holds the migrate
+    lock. Data that has contracted past the build raises LayoutMismatch; data newer than the
+    build but within its window is left as it is."""
+    build = store.build
+    if build != build_layout(migrations):
+        raise ValueError("the store's build layout is not the one these migrations describe")
+    before = await store.layout()
     if before is None:  # an empty database: nothing to convert
-        await store.set_layout_version(LAYOUT_VERSION)
-        return Migrated(before, LAYOUT_VERSION, applied=0, changed=0)
-    if before > LAYOUT_VERSION:
-        raise LayoutMismatch(before)
-    current, applied, changed = before, 0, 0
-    for migration in MIGRATIONS:
-        if migration.version <= current:
+        fresh = LayoutWindow(build.version, build.fresh_min)
+        await store.set_layout(fresh)
+        return Migrated(before, fresh, applied=0, changed=0, pending=0)
+    if before.min_compatible > build.version:
+        raise LayoutMismatch(before, build)
+    window, applied, changed = before, 0, 0
+    for migration in migrations:
+        if migration.version <= window.current:
             continue
-        log.info(
-            "applying migration",
-            extra={"version": migration.version, "description": migration.description},
-        )
+        deferrable = migration.change is Change.CONTRACT and migration.version > build.needs
+        if deferrable and not contract:
+            break  # old pods may still serve: left for `migrate --contract`
+        extra = {"version": migration.version, "description": migration.description}
+        if migration.change is Change.EXPAND:
+            log.info("applying migration", extra=extra)
+        else:  # logged before the step: builds older than it stop serving from here on
+            log.warning(
+                f"applying {migration.change.value} migration: builds older than layout "
+                f"{migration.version} stop serving",
+                extra=extra,
+            )
         try:
             changed += await migration.apply(store)
         except REDIS_FAILURES as exc:
             raise unavailable(exc) from None
-        await store.set_layout_version(migration.version)
-        current, applied = migration.version, applied + 1
-    return Migrated(before, current, applied=applied, changed=changed)
+        window = migration.window_after(window)
+        await store.set_layout(window)
+        applied += 1
+    pending = sum(1 for m in migrations if m.version > window.current)
+    return Migrated(before, window, applied=applied, changed=changed, pending=pending)

@@ -3,6 +3,7 @@
 Key space (every key starts with the configured prefix, default `tasks:`):
 
     <prefix>meta:layout             "1": version of this layout (migrations bump it)
+    <prefix>meta:layout-min         "1": the oldest build layout that may read and write it
     <prefix>task:<id>               hash: the task's fields ("" for a null completed_at)
     <prefix>index:all               sorted set of ids, all scores 0, so ordered by id = by creation
     <prefix>index:status:<status>   the same, per status
@@ -20,10 +21,13 @@ its arguments, which hold task data). A read-only node (READONLY, MASTERDOWN, or
 readiness check) makes the store drop its pool, so the next call connects afresh and reaches
 whichever node the address now names: after a failover, the new primary.
 
-Layout guard: the layout version is checked on every ping and, at most a second stale, before
-every write. An empty database gets LAYOUT_VERSION recorded; any other version than this build's
-raises `LayoutMismatch`, so a rolled-back pod never writes a layout it does not know.
-Older layouts and the migrations that upgrade them are in `service.store.migrations`.
+Layout guard: the stored layout window is checked on every ping and, at most a second stale,
+before every write. An empty database gets this build's window recorded; a window that does not
+admit this build (`BuildLayout.serves`: contracted past it, or not yet migrated to what it
+needs) raises `LayoutMismatch`, so a pod never writes a layout it does not know. Within the
+window, builds of different layouts share the data: that is what lets old pods keep serving
+while an upgrade migrates, and a rollback become ready. Older layouts and the migrations that
+move the window are in `service.store.migrations`.
 """
 
 from __future__ import annotations
@@ -61,11 +65,12 @@ from service.errors import (
     Unavailability,
 )
 from service.store.base import (
-    LAYOUT_VERSION,
+    BuildLayout,
     Created,
     Idempotency,
     IdList,
     LayoutMismatch,
+    LayoutWindow,
     TaskList,
 )
 
@@ -158,6 +163,7 @@ class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.layout = f"{prefix}meta:layout"
+        self.layout_min = f"{prefix}meta:layout-min"
         self.all = f"{prefix}index:all"
 
     def task(self, task_id: str) -> str:
@@ -203,8 +209,14 @@ def _field_values(task: Task) -> list[str]:
 
 
 class RedisTaskStore:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, timeout: float) -> None:
+    """Tasks in Redis, for a build that serves the data layouts `layout` describes (production:
+    `service.store.migrations.BUILD_LAYOUT`; tests pass others to act as other builds)."""
+
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, timeout: float, layout: BuildLayout
+    ) -> None:
         self._redis = client
+        self._build = layout
         self._keys = RedisKeys(prefix)
         self._timeout = timeout
         # One operation per pooled connection at a time (an operation uses one connection at a
@@ -235,6 +247,11 @@ class RedisTaskStore:
     @property
     def keys(self) -> RedisKeys:
         return self._keys
+
+    @property
+    def build(self) -> BuildLayout:
+        """The data layouts this build serves."""
+        return self._build
 
     async def _bounded(self, operation: Awaitable[T]) -> T:
         """Run one store operation within the timeout; any Redis failure becomes
@@ -282,15 +299,19 @@ class RedisTaskStore:
         self._role_checked_at = time.monotonic()
 
     async def _check_layout(self) -> None:
-        """Raise LayoutMismatch unless the stored layout is this build's; record it when the
-        database is empty."""
-        stored = await self._layout_version()
+        """Raise LayoutMismatch unless the stored window admits this build; record this build's
+        window when the database is empty."""
+        stored = await self._layout()
         if stored is None:
-            await self._redis.set(self._keys.layout, LAYOUT_VERSION, nx=True)
-            stored = await self._layout_version()
+            build = self._build
+            # MSETNX: both keys or neither, and never over another process's first record.
+            await self._redis.msetnx(
+                {self._keys.layout: build.version, self._keys.layout_min: build.fresh_min}
+            )
+            stored = await self._layout() or LayoutWindow(0, 0)
         self._layout_checked_at = None
-        if stored != LAYOUT_VERSION:
-            raise LayoutMismatch(stored or 0)
+        if not self._build.serves(stored):
+            raise LayoutMismatch(stored, self._build)
         self._layout_checked_at = time.monotonic()
 
     async def _guard_write(self) -> None:
@@ -299,19 +320,23 @@ class RedisTaskStore:
         if checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS:
             await self._check_layout()
 
-    async def layout_version(self) -> int | None:
-        return await self._bounded(self._layout_version())
+    async def layout(self) -> LayoutWindow | None:
+        return await self._bounded(self._layout())
 
-    async def _layout_version(self) -> int | None:
+    async def _layout(self) -> LayoutWindow | None:
         from service.store.migrations import legacy_data_present
 
-        stored = cast(str | None, await self._redis.get(self._keys.layout))
-        if stored is not None:
-            return int(stored)
-        return 0 if await legacy_data_present(self) else None
+        current, floor = cast(
+            list[str | None], await self._redis.mget(self._keys.layout, self._keys.layout_min)
+        )
+        if current is not None:
+            # No floor: recorded before the window existed, when only one layout was served.
+            return LayoutWindow(int(current), int(floor if floor is not None else current))
+        return LayoutWindow(0, 0) if await legacy_data_present(self) else None
 
-    async def set_layout_version(self, version: int) -> None:
-        await self._bounded(self._redis.set(self._keys.layout, version))
+    async def set_layout(self, window: LayoutWindow) -> None:
+        mapping = {self._keys.layout: window.current, self._keys.layout_min: window.min_compatible}
+        await self._bounded(self._redis.mset(mapping))
         self._layout_checked_at = None
 
     async def close(self) -> None:
