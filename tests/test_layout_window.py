@@ -9,8 +9,12 @@ given a longer history of migrations (test-only ones on top of MIGRATIONS), the 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -31,6 +35,8 @@ from service.store.migrations import (
     migrate,
 )
 from service.store.redis import RedisTaskStore, connect
+from tests.e2e.cluster.images import next_layout_sources
+from tests.support import ROOT
 
 T = TypeVar("T")
 N = LAYOUT_VERSION
@@ -256,3 +262,27 @@ def test_build_layouts_follow_the_kinds_of_their_migrations() -> None:
     assert (contracting.version, contracting.needs, contracting.fresh_min) == (N + 2, N + 1, N + 2)
     later = build_layout([*MIGRATIONS, EXPAND, CONTRACT, LATER])  # it needs the contraction
     assert (later.version, later.needs, later.fresh_min) == (N + 3, N + 3, N + 2)
+
+
+@pytest.mark.factor("XII", "IX")
+def test_the_node_suites_build_one_layout_ahead_expands_so_this_build_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """The real-node upgrade test rolls out this code patched one layout ahead: it must be an
+    expansion whose window still admits this build, or the old pods would stop serving."""
+    shutil.copytree(ROOT / "service", tmp_path / "service", ignore=shutil.ignore_patterns("*.pyc"))
+    for name, text in next_layout_sources().items():
+        (tmp_path / "service" / "store" / name).write_text(text)
+    # Its migration's window on data at this build's layout, as the pre-upgrade hook leaves it.
+    show = (
+        "from service.store.base import LayoutWindow\n"
+        "from service.store.migrations import BUILD_LAYOUT, MIGRATIONS\n"
+        f"w = MIGRATIONS[-1].window_after(LayoutWindow({N}, {N}))\n"
+        "print(BUILD_LAYOUT.version, MIGRATIONS[-1].change.name, w.current, w.min_compatible)"
+    )
+    ahead = subprocess.run(
+        [sys.executable, "-c", show], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    version, kind, current, floor = ahead.stdout.split()
+    assert (int(version), kind) == (N + 1, "EXPAND")
+    assert BUILD_LAYOUT.serves(LayoutWindow(int(current), int(floor)))

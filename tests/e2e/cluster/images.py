@@ -57,6 +57,27 @@ def build_pause() -> None:
         _buildah("rm", ctr, check=False)
 
 
+def next_layout_sources(root: Path = ROOT) -> dict[str, str]:
+    """service/store/{base,migrations}.py one layout ahead: LAYOUT_VERSION + 1 and a no-op
+    migration to it, an expansion (Migration's default kind), so the current build's pods keep
+    serving the data it migrates."""
+    store = root / "service" / "store"
+    base = (store / "base.py").read_text()
+    version = int(base.split("LAYOUT_VERSION = ", 1)[1].split("\n", 1)[0])
+    migrations = (store / "migrations.py").read_text()
+    table, check = "MIGRATIONS: tuple[Migration, ...] = (", "\n)\nassert [m.version"
+    if table not in migrations or check not in migrations or "LAYOUT_VERSION = " not in base:
+        raise ClusterError("service/store changed shape: update images.next_layout_sources()")
+    noop = "async def _noop_for_tests(store: RedisTaskStore) -> int:\n    return 0\n\n\n"
+    entry = f'\n    Migration({version + 1}, "test-only: no change", _noop_for_tests),'
+    return {
+        "base.py": base.replace(
+            f"LAYOUT_VERSION = {version}\n", f"LAYOUT_VERSION = {version + 1}\n"
+        ),
+        "migrations.py": migrations.replace(table, noop + table).replace(check, entry + check),
+    }
+
+
 def next_layout() -> None:
     """APP plus one no-op migration to layout N+1 (service/store/base.py and migrations.py patched
     in a layer of its own), rebuilt whenever APP changes."""
@@ -67,21 +88,7 @@ def next_layout() -> None:
     if _buildah("inspect", "--format", f'{{{{index .ImageAnnotations "{label}"}}}}', NEXT_LAYOUT,
                 check=False) == app:  # fmt: skip
         return
-    store = ROOT / "service" / "store"
-    base = (store / "base.py").read_text()
-    version = int(base.split("LAYOUT_VERSION = ", 1)[1].split("\n", 1)[0])
-    migrations = (store / "migrations.py").read_text()
-    table, check = "MIGRATIONS: tuple[Migration, ...] = (", "\n)\nassert [m.version"
-    if table not in migrations or check not in migrations or "LAYOUT_VERSION = " not in base:
-        raise ClusterError("service/store changed shape: update images.next_layout()")
-    noop = "async def _noop_for_tests(store: RedisTaskStore) -> int:\n    return 0\n\n\n"
-    entry = f'\n    Migration({version + 1}, "test-only: no change", _noop_for_tests),'
-    patched = {
-        "base.py": base.replace(
-            f"LAYOUT_VERSION = {version}\n", f"LAYOUT_VERSION = {version + 1}\n"
-        ),
-        "migrations.py": migrations.replace(table, noop + table).replace(check, entry + check),
-    }
+    patched = next_layout_sources()
     ctr = _buildah("from", "--pull=false", APP)
     try:
         with tempfile.TemporaryDirectory() as tmp:
