@@ -309,17 +309,12 @@ def test_the_namespace_enforces_restricted_pod_security(kubectl, release):
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the data layout has no expand/contract window yet: the pre-upgrade migrate hook moves "
-    "the layout past the old pods, which then fail readiness and refuse writes until new pods are "
-    "ready, and a rollback to them never becomes ready",
-)
 @pytest.mark.factor("IX", "XII")
 def test_an_upgrade_that_migrates_the_data_layout_fails_no_request(api, helm, kubectl, release):
-    """`helm upgrade` to a build one data layout ahead (images.NEXT_LAYOUT: a no-op migration),
+    """`helm upgrade` to a build one data layout ahead (images.NEXT_LAYOUT: a no-op expansion),
     under load: the migrate hook runs while the old pods serve, and nobody notices; then `helm
-    rollback` becomes ready. Last in this module: it leaves the data at the newer layout."""
+    rollback` becomes ready (the expansion's window admits the old build). Last in this module:
+    it leaves the data at the newer layout."""
     ns = release
     with Load(str(api.base_url)) as load:
         time.sleep(3)
