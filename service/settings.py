@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"  # noqa: S104 (a container must listen on all interfaces)
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://localhost:6379/0"
+    # An ACL user (not a secret); unset: the URL's user if any, else Redis's `default`.
+    redis_username: Annotated[str, Field(max_length=256, pattern=r"^\S+$")] | None = None
     redis_password: SecretStr | None = None
     redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 16
@@ -76,6 +78,11 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("redis_username", mode="before")
+    @classmethod
+    def _empty_username_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_password", mode="before")
     @classmethod

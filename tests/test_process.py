@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -220,6 +221,43 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
     assert created.status_code == 201
     assert httpx.get(url + created.headers["location"]).status_code == 200
     assert service.proc.poll() is None
+
+
+# An ACL user with only what the app needs: its keys, and the command groups the chart README names.
+APP_ACL = "~tasks:* +@read +@write +@scripting +@keyspace +@connection +role"
+
+
+@pytest.fixture
+def acl_redis() -> Iterator[RedisServer]:
+    """A redis-server whose `default` user needs a password and which has an ACL user `tasks`."""
+    server = RedisServer(password="default-password")
+    server.start()
+    server.client().execute_command(
+        "ACL", "SETUSER", "tasks", "on", ">tasks-password", *APP_ACL.split()
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.factor("III", "IV")
+def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
+    acl_redis: RedisServer, start_service: StartService
+) -> None:
+    as_user = redis_env(acl_redis, TASKS_REDIS_PASSWORD="tasks-password")
+    service = start_service(**as_user, TASKS_REDIS_USERNAME="tasks")
+    created = httpx.post(service.base_url + "/v1/tasks", json={"title": "as an ACL user"})
+    assert created.status_code == 201
+    assert httpx.get(service.base_url + created.headers["location"]).status_code == 200
+    assert acl_redis.client().exists(f"tasks:task:{created.json()['id']}") == 1
+
+    wrong = start_service(wait=False, **as_user, TASKS_REDIS_USERNAME="nobody")
+    wait_until(lambda: accepts_connections(wrong.port), timeout=15, what="the listener")
+    for path in ("/readyz", "/v1/tasks"):
+        started = time.monotonic()
+        response = httpx.get(wrong.base_url + path, timeout=5)
+        assert time.monotonic() - started < 1.0 + 0.75, path  # the timeout, and margin
+        assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
+    assert "tasks-password" not in wrong.output()
 
 
 # --- logs (XI) ------------------------------------------------------------------------------

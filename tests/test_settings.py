@@ -103,8 +103,10 @@ def test_an_api_key_of_16_characters_is_accepted(monkeypatch: pytest.MonkeyPatch
 def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKS_API_KEYS", "")
     monkeypatch.setenv("TASKS_REDIS_PASSWORD", "")
+    monkeypatch.setenv("TASKS_REDIS_USERNAME", "")
     settings = load_settings()
     assert settings.api_keys is None and settings.redis_password is None
+    assert settings.redis_username is None
 
 
 @pytest.mark.parametrize(
@@ -118,6 +120,7 @@ def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PORT", "0"),
         ("TASKS_REDIS_TIMEOUT_SECONDS", "-1"),
         ("TASKS_REDIS_KEY_PREFIX", "has space"),
+        ("TASKS_REDIS_USERNAME", "has space"),
         ("TASKS_LOG_LEVEL", "verbose"),
         ("TASKS_SHUTDOWN_DELAY_SECONDS", "soon"),
         ("TASKS_IDEMPOTENCY_TTL_SECONDS", "0"),

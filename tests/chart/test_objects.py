@@ -389,12 +389,13 @@ def test_app_points_at_the_redis_the_subchart_renders(
 
 
 @pytest.mark.factor("IV")
-def test_external_redis_changes_only_the_redis_address_and_password() -> None:
+def test_external_redis_changes_only_the_redis_address_user_and_password() -> None:
     url = "rediss://managed.example.com:6380/0"
     external = rendered(
         sets=(
             "redis.enabled=false",
             f"externalRedis.url={url}",
+            "externalRedis.username=tasks-app",
             "externalRedis.existingSecret=managed-redis",
             "externalRedis.existingSecretPasswordKey=password",
             "networkPolicy.restrictEgress=false",
@@ -406,6 +407,11 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
     env = _env(external, container(external.get("Deployment", "tasks")))
     assert env["TASKS_REDIS_URL"] == url
     assert env["TASKS_REDIS_PASSWORD"] == EXISTING_SECRETS["managed-redis"]["password"]
+    # The ACL user is plain config (the ConfigMap); only its password is a secret.
+    assert external.get("ConfigMap", "tasks")["data"]["TASKS_REDIS_USERNAME"] == "tasks-app"
+    assert (
+        _env(bundled, container(bundled.get("Deployment", "tasks")))["TASKS_REDIS_USERNAME"] == ""
+    )
     for kind, name in [
         ("Deployment", "tasks"),
         ("CronJob", "tasks-cleanup"),
@@ -427,7 +433,10 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
         assert ma == mb, f"{kind}/{name} differs beyond the Redis env"
     config_a = external.get("ConfigMap", "tasks")["data"]
     config_b = bundled.get("ConfigMap", "tasks")["data"]
-    assert {k for k in config_a if config_a[k] != config_b[k]} == {"TASKS_REDIS_URL"}
+    assert {k for k in config_a if config_a[k] != config_b[k]} == {
+        "TASKS_REDIS_URL",
+        "TASKS_REDIS_USERNAME",
+    }
 
 
 # --- NetworkPolicy ------------------------------------------------------------------------------

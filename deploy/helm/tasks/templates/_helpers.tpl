@@ -184,6 +184,13 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/* TASKS_REDIS_USERNAME: externalRedis.username (an ACL user); the bundled Redis has only `default`. */}}
+{{- define "tasks.redis.username" -}}
+{{- if not .Values.redis.enabled }}
+{{- .Values.externalRedis.username }}
+{{- end }}
+{{- end }}
+
 {{/* Secret name and key of the Redis password, or empty when there is none. */}}
 {{- define "tasks.redis.passwordSecret" -}}
 {{- if .Values.redis.enabled }}
@@ -201,6 +208,7 @@ PORT: {{ .Values.containerPort | quote }}
 TASKS_HOST: {{ .Values.config.host | quote }}
 TASKS_STORE: "redis"
 TASKS_REDIS_URL: {{ include "tasks.redis.url" . | quote }}
+TASKS_REDIS_USERNAME: {{ include "tasks.redis.username" . | quote }}
 TASKS_REDIS_TIMEOUT_SECONDS: {{ .Values.config.redisTimeoutSeconds | toString | quote }}
 TASKS_REDIS_MAX_CONNECTIONS: {{ .Values.config.redisMaxConnections | toString | quote }}
 TASKS_REDIS_KEY_PREFIX: {{ .Values.config.redisKeyPrefix | quote }}
