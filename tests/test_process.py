@@ -305,6 +305,25 @@ def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
     assert "tasks-password" not in wrong.output()
 
 
+@pytest.mark.factor("IV", "XII")
+def test_the_admin_jobs_run_as_the_acl_user(acl_redis: RedisServer, tmp_path: Path) -> None:
+    env = service_env(
+        **redis_env(acl_redis, TASKS_REDIS_PASSWORD="tasks-password"),
+        TASKS_REDIS_USERNAME="tasks",
+    )
+    for job in ("migrate", "cleanup"):  # the chart's hook Job and CronJob
+        result = subprocess.run(
+            [sys.executable, "-m", "jobs", job],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (job, result.stderr)
+        assert json.loads(result.stdout.splitlines()[-1])["job"] == job
+
+
 # --- logs (XI) ------------------------------------------------------------------------------
 
 
