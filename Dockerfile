@@ -68,5 +68,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8080
+# The API ($PORT) and /metrics ($TASKS_METRICS_PORT), each on its own listener.
+EXPOSE 8080 9090
 CMD ["python", "-m", "service"]

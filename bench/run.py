@@ -111,7 +111,8 @@ def main() -> None:
         service_port, baseline_port = free_port(), free_port()
         service, ready_seconds = start(
             [sys.executable, "-m", "service"],
-            {**env, "PORT": str(service_port), "TASKS_STORE": "redis",
+            {**env, "PORT": str(service_port), "TASKS_METRICS_PORT": str(free_port()),
+             "TASKS_STORE": "redis",
              "TASKS_REDIS_URL": redis_server.url,
              "TASKS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")},
             service_port,

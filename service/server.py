@@ -1,12 +1,17 @@
-"""uvicorn with the Kubernetes shutdown sequence.
+"""uvicorn with the Kubernetes shutdown sequence, and the metrics listener beside it.
+
+One process, one event loop, two listeners: the API on PORT and `/metrics` on
+TASKS_METRICS_PORT (a second uvicorn server, no thread). The metrics listener opens before the
+API's and closes after it, so every scrape, the drain's included, finds it.
 
 On the first SIGTERM (or SIGINT):
   1. /readyz answers 503 at once, so the endpoints controller stops routing new traffic here;
   2. wait TASKS_SHUTDOWN_DELAY_SECONDS while load balancers catch up (we still serve meanwhile,
      each response with `Connection: close`, so keep-alive clients reconnect elsewhere);
-  3. close the listener and let in-flight requests finish, for at most
+  3. close the API listener and let in-flight requests finish, for at most
      TASKS_GRACEFUL_TIMEOUT_SECONDS;
-  4. close the store (the app's lifespan shutdown) and exit 0.
+  4. close the store (the app's lifespan shutdown);
+  5. close the metrics listener and exit 0.
 A second SIGINT (Ctrl-C twice) exits at once.
 """
 
@@ -18,6 +23,7 @@ import gc
 import logging
 import math
 import signal
+import socket
 from collections.abc import Iterator
 from types import FrameType
 from typing import Any
@@ -29,12 +35,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from service.api.problems import problem
 from service.app import create_app
 from service.lifecycle import Lifecycle
+from service.observability.metrics import metrics_app
 from service.settings import Settings
 
 log = logging.getLogger("tasks.server")
 
 FORCED_EXIT_CODE = 130
 GC_YOUNG_THRESHOLD = 7000  # CPython's default is 700
+METRICS_GRACEFUL_TIMEOUT_SECONDS = 1  # a scrape is one quick answer
 
 
 def tune_gc() -> None:
@@ -121,12 +129,47 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class MetricsServer(uvicorn.Server):
+    """The metrics listener. It leaves the signals to the API's server, which stops it last."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # a port in use exits here (uvicorn: exit status 1)
+        self.listening.set()
+
+
 class GracefulServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, delay: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, delay: float, metrics: MetricsServer
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.delay = delay
+        self.metrics = metrics
         self._shutdown: asyncio.Task[None] | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        metrics = asyncio.create_task(self.metrics.serve())
+        listening = asyncio.create_task(self.metrics.listening.wait())
+        # The metrics port is bound first: when it cannot be, the API never starts.
+        await asyncio.wait((metrics, listening), return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if metrics.done():
+            await metrics  # its failure is the process's
+            return
+        try:
+            await super().serve(sockets)  # the API, until steps 1-4 are done
+        finally:
+            self.metrics.force_exit = self.force_exit
+            self.metrics.should_exit = True  # 5
+            await metrics
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -160,25 +203,39 @@ class GracefulServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> int:
-    """Serve on settings.host:settings.port until a signal; the process exit code."""
+    """Serve the API on settings.port and /metrics on settings.metrics_port until a signal;
+    the process exit code."""
     lifecycle = Lifecycle()
-    config = uvicorn.Config(
-        CloseConnectionsWhenDraining(create_app(settings, lifecycle), lifecycle),
-        host=settings.host,
-        port=settings.port,
-        loop="auto",  # uvloop when installed
-        http=type(
-            "HeadBoundProtocol",
-            (BoundedHeadProtocol,),
-            {"max_head_bytes": settings.max_header_bytes},
-        ),
-        lifespan="on",
-        log_config=None,  # logging is ours (JSON lines on stdout)
-        access_log=False,  # our middleware writes the access line
-        server_header=False,
-        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),
+    app = create_app(settings, lifecycle)
+    # Both listeners bound the request head alike: the metrics port is no softer a target.
+    http = type(
+        "HeadBoundProtocol", (BoundedHeadProtocol,), {"max_head_bytes": settings.max_header_bytes}
     )
-    server = GracefulServer(config, lifecycle, settings.shutdown_delay_seconds)
+    shared: dict[str, Any] = {
+        "host": settings.host,
+        "loop": "auto",  # uvloop when installed
+        "http": http,
+        "log_config": None,  # logging is ours (JSON lines on stdout)
+        "access_log": False,  # our middleware writes the API's access line
+        "server_header": False,
+    }
+    config = uvicorn.Config(
+        CloseConnectionsWhenDraining(app, lifecycle),
+        port=settings.port,
+        lifespan="on",
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),
+        **shared,
+    )
+    metrics_config = uvicorn.Config(
+        metrics_app(app.state.metrics),
+        port=settings.metrics_port,
+        lifespan="off",  # the store's lifespan is the API's
+        timeout_graceful_shutdown=METRICS_GRACEFUL_TIMEOUT_SECONDS,
+        **shared,
+    )
+    server = GracefulServer(
+        config, lifecycle, settings.shutdown_delay_seconds, MetricsServer(metrics_config)
+    )
     tune_gc()
     server.run()
     return FORCED_EXIT_CODE if server.force_exit else 0

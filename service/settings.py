@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import __version__
@@ -51,9 +51,14 @@ class Settings(BaseSettings):
     )
 
     port: Annotated[int, Field(ge=1, le=65535, validation_alias="PORT")] = 8080
+    # /metrics has a listener of its own, always: the API's exposure (Ingress, HTTPRoute, a
+    # public Service) then never reaches it, and a NetworkPolicy can admit scrapers to it alone.
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
     host: str = "0.0.0.0"  # noqa: S104 (a container must listen on all interfaces)
     store: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://localhost:6379/0"
+    # An ACL user (not a secret); unset: the URL's user if any, else Redis's `default`.
+    redis_username: Annotated[str, Field(max_length=256, pattern=r"^\S+$")] | None = None
     redis_password: SecretStr | None = None
     redis_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 16
@@ -76,6 +81,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lowercase_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _own_port(cls, value: int, info: ValidationInfo) -> int:
+        if value == info.data.get("port"):
+            raise ValueError("must differ from PORT (/metrics is served on a listener of its own)")
+        return value
+
+    @field_validator("redis_username", mode="before")
+    @classmethod
+    def _empty_username_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("redis_password", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -39,6 +39,15 @@ def with_store(settings: Settings, body: Callable[[TaskStore], Awaitable[T]]) ->
             await store.close()
 
     return asyncio.run(run())
+
+
+def scrape(app: Any) -> str:
+    """An in-process app's /metrics, served as its metrics listener serves them."""
+    from fastapi.testclient import TestClient
+
+    from service.observability.metrics import metrics_app
+
+    return TestClient(metrics_app(app.state.metrics)).get("/metrics").text
 
 
 def free_port() -> int:
@@ -149,12 +158,14 @@ class ServiceProcess:
         self, env: Mapping[str, str], args: list[str] | None = None, cwd: Path | None = None
     ) -> None:
         self.port = int(env.get("PORT", "8080"))
+        self.metrics_port = int(env.get("TASKS_METRICS_PORT", "9090"))
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
             prefix="tasks-service-", suffix=".log", delete=False
         )
         self.args = args or [sys.executable, "-m", "service"]
         self.proc = self.spawn(env, cwd or ROOT)
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def spawn(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -194,8 +205,10 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def service_env(**extra: str) -> dict[str, str]:
-    """The environment of a service process on a free port, importing this checkout."""
-    return base_env(**{"PORT": str(free_port()), "PYTHONPATH": str(ROOT), **extra})
+    """The environment of a service process on free ports (API and metrics), importing this
+    checkout."""
+    ports = {"PORT": str(free_port()), "TASKS_METRICS_PORT": str(free_port())}
+    return base_env(**{**ports, "PYTHONPATH": str(ROOT), **extra})
 
 
 def redis_env(server: RedisServer, **extra: str) -> dict[str, str]:

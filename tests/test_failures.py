@@ -27,7 +27,14 @@ from service.app import create_app
 from service.errors import Unavailability
 from service.store.redis import unavailable
 from tests.conftest import StartService
-from tests.support import RedisServer, ServiceProcess, free_port, redis_env, wait_until
+from tests.support import (
+    RedisServer,
+    ServiceProcess,
+    free_port,
+    redis_env,
+    scrape,
+    wait_until,
+)
 
 # A hang is what these tests look for: one fails rather than blocking the suite.
 pytestmark = pytest.mark.timeout(120)
@@ -199,7 +206,7 @@ def test_a_demoted_primary_turns_readiness_503_drops_the_pool_and_writes_recover
         assert after.status_code == 201
         assert client.get(after.headers["location"]).json()["title"] == "after the failover"
         assert not before & _service_connections(node), "the old connections were dropped"
-        counts = store_errors(client.get("/metrics").text)
+        counts = store_errors(httpx.get(service.metrics_url).text)
         assert counts[("ping", "readonly")] >= 1 and counts[("create", "readonly")] == 1
         assert service.proc.poll() is None
     finally:
@@ -283,7 +290,7 @@ def test_out_of_memory_is_503_counted_and_logged_without_the_task(
 
     assert_unavailable(response, "oom")
     assert_logged_once_without_task_data(caplog, "oom")
-    assert store_errors(client.get("/metrics").text)[("create", "oom")] == 1
+    assert store_errors(scrape(client.app))[("create", "oom")] == 1
     assert client.get("/v1/tasks").status_code == 200  # reads go on
     private_redis.client().config_set("maxmemory", 0)
     assert write_secret(client).status_code == 201

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,9 +29,9 @@ PROBLEM = "application/problem+json"
 
 
 def in_flight(service: ServiceProcess) -> float:
-    metrics = httpx.get(service.base_url + "/metrics").text
+    metrics = httpx.get(service.metrics_url).text
     line = next(m for m in metrics.splitlines() if m.startswith("tasks_http_requests_in_flight "))
-    return float(line.split()[1]) - 1  # minus this /metrics request
+    return float(line.split()[1])  # the metrics listener's own requests are not counted
 
 
 def accepts_connections(port: int) -> bool:
@@ -64,6 +65,12 @@ def accepts_connections(port: int) -> bool:
         ({"TASKS_API_KEYS": "s3cret-value-long-enough,s3cret"}, "TASKS_API_KEYS"),
         ({"TASKS_REDIS_MAX_CONNECTIONS": "0"}, "TASKS_REDIS_MAX_CONNECTIONS"),
         ({"TASKS_MAX_BODY_BYTES": "10"}, "TASKS_MAX_BODY_BYTES"),
+        # /metrics always has a port of its own: none, another word, or the API's is refused.
+        ({"TASKS_METRICS_PORT": "0"}, "TASKS_METRICS_PORT"),
+        ({"TASKS_METRICS_PORT": ""}, "TASKS_METRICS_PORT"),
+        ({"TASKS_METRICS_PORT": "metrics"}, "TASKS_METRICS_PORT"),
+        ({"TASKS_METRICS_PORT": "65536"}, "TASKS_METRICS_PORT"),
+        ({"PORT": "8181", "TASKS_METRICS_PORT": "8181"}, "TASKS_METRICS_PORT"),
     ],
 )
 def test_invalid_config_exits_2_with_one_line_naming_the_variable(
@@ -115,6 +122,42 @@ def test_two_processes_on_their_own_ports_share_one_redis(
     assert httpx.get(one.base_url + "/v1/tasks?status=done").json()["items"] == [patched.json()]
 
 
+@pytest.mark.factor("VII")
+def test_metrics_are_served_on_the_metrics_port_and_not_on_the_app_port(
+    start_service: StartService,
+) -> None:
+    service = start_service()
+    assert service.metrics_port != service.port
+    assert httpx.get(service.base_url + "/v1/tasks").status_code == 200
+
+    scraped = httpx.get(service.metrics_url)
+
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain; version=")
+    assert 'tasks_http_requests_total{method="GET",route="/v1/tasks",status="200"} 1.0' in (
+        scraped.text
+    )
+    assert httpx.get(service.base_url + "/metrics").status_code == 404
+    metrics_root = f"http://127.0.0.1:{service.metrics_port}"
+    for path in ("/", "/v1/tasks", "/readyz"):  # the metrics port serves nothing of the API
+        assert httpx.get(metrics_root + path).status_code == 404, path
+
+
+@pytest.mark.factor("VII")
+def test_a_metrics_port_in_use_stops_the_process_before_the_api_binds(
+    start_service: StartService,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        service = start_service(
+            wait=False, TASKS_HOST="127.0.0.1", TASKS_METRICS_PORT=str(taken.getsockname()[1])
+        )
+        assert service.proc.wait(timeout=20) != 0
+    assert not accepts_connections(service.port)
+    assert "address already in use" in service.output().lower()
+
+
 @pytest.mark.factor("IX")
 def test_process_is_ready_fast(start_service: StartService) -> None:
     started = time.monotonic()
@@ -128,7 +171,7 @@ def test_process_is_ready_fast(start_service: StartService) -> None:
 
 
 @pytest.mark.factor("IX")
-def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0(
+def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closing_both_ports(
     private_redis: RedisServer, start_service: StartService
 ) -> None:
     service = start_service(
@@ -154,11 +197,14 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0(
         wait_until(lambda: not accepts_connections(service.port), timeout=5, what="listener closed")
         assert time.monotonic() - signalled >= 1.0, "the listener stayed open for the delay"
         assert not slow.done()
+        assert in_flight(service) == 1, "the metrics listener outlives the API's, drain included"
         os.kill(private_redis.proc.pid, signal.SIGCONT)
 
         assert slow.result().status_code == 200
     assert service.proc.wait(timeout=10) == 0
     assert '"msg": "store closed"' in service.output()
+    assert not accepts_connections(service.port)
+    assert not accepts_connections(service.metrics_port)
 
 
 @pytest.mark.factor("IX")
@@ -220,6 +266,62 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
     assert created.status_code == 201
     assert httpx.get(url + created.headers["location"]).status_code == 200
     assert service.proc.poll() is None
+
+
+# An ACL user with only what the app needs: its keys, and the command groups the chart README names.
+APP_ACL = "~tasks:* +@read +@write +@scripting +@keyspace +@connection +role"
+
+
+@pytest.fixture
+def acl_redis() -> Iterator[RedisServer]:
+    """A redis-server whose `default` user needs a password and which has an ACL user `tasks`."""
+    server = RedisServer(password="default-password")
+    server.start()
+    server.client().execute_command(
+        "ACL", "SETUSER", "tasks", "on", ">tasks-password", *APP_ACL.split()
+    )
+    yield server
+    server.stop()
+
+
+@pytest.mark.factor("III", "IV")
+def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
+    acl_redis: RedisServer, start_service: StartService
+) -> None:
+    as_user = redis_env(acl_redis, TASKS_REDIS_PASSWORD="tasks-password")
+    service = start_service(**as_user, TASKS_REDIS_USERNAME="tasks")
+    created = httpx.post(service.base_url + "/v1/tasks", json={"title": "as an ACL user"})
+    assert created.status_code == 201
+    assert httpx.get(service.base_url + created.headers["location"]).status_code == 200
+    assert acl_redis.client().exists(f"tasks:task:{created.json()['id']}") == 1
+
+    wrong = start_service(wait=False, **as_user, TASKS_REDIS_USERNAME="nobody")
+    wait_until(lambda: accepts_connections(wrong.port), timeout=15, what="the listener")
+    for path in ("/readyz", "/v1/tasks"):
+        started = time.monotonic()
+        response = httpx.get(wrong.base_url + path, timeout=5)
+        assert time.monotonic() - started < 1.0 + 0.75, path  # the timeout, and margin
+        assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
+    assert "tasks-password" not in wrong.output()
+
+
+@pytest.mark.factor("IV", "XII")
+def test_the_admin_jobs_run_as_the_acl_user(acl_redis: RedisServer, tmp_path: Path) -> None:
+    env = service_env(
+        **redis_env(acl_redis, TASKS_REDIS_PASSWORD="tasks-password"),
+        TASKS_REDIS_USERNAME="tasks",
+    )
+    for job in ("migrate", "cleanup"):  # the chart's hook Job and CronJob
+        result = subprocess.run(
+            [sys.executable, "-m", "jobs", job],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, (job, result.stderr)
+        assert json.loads(result.stdout.splitlines()[-1])["job"] == job
 
 
 # --- logs (XI) ------------------------------------------------------------------------------

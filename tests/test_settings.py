@@ -34,8 +34,10 @@ def settings_env_names() -> set[str]:
 def test_defaults_match_the_contract() -> None:
     settings = load_settings()
     assert settings.port == 8080 and settings.host == "0.0.0.0"
+    assert settings.metrics_port == 9090
     assert settings.store == "memory"
     assert settings.redis_url == "redis://localhost:6379/0" and settings.redis_password is None
+    assert settings.redis_username is None
     assert settings.redis_timeout_seconds == 1.0 and settings.redis_key_prefix == "tasks:"
     assert settings.redis_max_connections == 16
     assert settings.max_body_bytes == 128 * 1024 and settings.max_header_bytes == 16 * 1024
@@ -103,8 +105,10 @@ def test_an_api_key_of_16_characters_is_accepted(monkeypatch: pytest.MonkeyPatch
 def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKS_API_KEYS", "")
     monkeypatch.setenv("TASKS_REDIS_PASSWORD", "")
+    monkeypatch.setenv("TASKS_REDIS_USERNAME", "")
     settings = load_settings()
     assert settings.api_keys is None and settings.redis_password is None
+    assert settings.redis_username is None
 
 
 @pytest.mark.parametrize(
@@ -116,8 +120,11 @@ def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TASKS_REDIS_URL", "redis://:hunter2@/0"),
         ("TASKS_REDIS_URL", "redis://:hunter2@host/zero"),
         ("PORT", "0"),
+        ("TASKS_METRICS_PORT", "0"),
+        ("TASKS_METRICS_PORT", "8080"),  # PORT's default: /metrics never shares the API's port
         ("TASKS_REDIS_TIMEOUT_SECONDS", "-1"),
         ("TASKS_REDIS_KEY_PREFIX", "has space"),
+        ("TASKS_REDIS_USERNAME", "has space"),
         ("TASKS_LOG_LEVEL", "verbose"),
         ("TASKS_SHUTDOWN_DELAY_SECONDS", "soon"),
         ("TASKS_IDEMPOTENCY_TTL_SECONDS", "0"),

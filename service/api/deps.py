@@ -15,7 +15,6 @@ from fastapi import Request
 
 from service.errors import Unauthorized
 from service.lifecycle import Lifecycle
-from service.observability.metrics import Metrics
 from service.settings import Settings
 from service.store import TaskStore
 
@@ -34,11 +33,6 @@ def settings_of(request: Request) -> Settings:
 def lifecycle_of(request: Request) -> Lifecycle:
     lifecycle: Lifecycle = request.app.state.lifecycle
     return lifecycle
-
-
-def metrics_of(request: Request) -> Metrics:
-    metrics: Metrics = request.app.state.metrics
-    return metrics
 
 
 class ApiKeyGuard:

@@ -34,7 +34,7 @@ from service.errors import BodyTooLarge, Overloaded, TasksError
 log = logging.getLogger("tasks.errors")
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_ADMITTED = "/v1/"  # the API's routes wait for a turn; probes, metrics and docs never do
+_ADMITTED = "/v1/"  # the API's routes wait for a turn; probes and docs never do
 
 
 class Edge:
@@ -107,7 +107,7 @@ class Edge:
 
     @contextlib.asynccontextmanager
     async def _turn(self, path: str) -> AsyncIterator[None]:
-        """Wait for one of the API's turns (probes, metrics and docs need none)."""
+        """Wait for one of the API's turns (probes and docs need none)."""
         if not path.startswith(_ADMITTED):
             yield
             return

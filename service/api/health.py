@@ -1,14 +1,13 @@
-"""Probes and process facts: /livez, /readyz, /version, /metrics."""
+"""Probes and process facts: /livez, /readyz, /version (/metrics has a port of its own)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.api.deps import lifecycle_of, metrics_of, settings_of, store_of
+from service.api.deps import lifecycle_of, settings_of, store_of
 from service.api.problems import RETRY_AFTER_SECONDS, problem
 from service.errors import StoreUnavailable, Unavailability
-from service.observability.metrics import CONTENT_TYPE
 from service.store.base import LayoutMismatch
 
 router = APIRouter(tags=["operations"])
@@ -67,8 +66,3 @@ async def version(request: Request) -> dict[str, str]:
         "git_revision": settings.git_revision,
         "build_date": settings.build_date,
     }
-
-
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    return Response(metrics_of(request).render(), media_type=CONTENT_TYPE)

@@ -1,4 +1,5 @@
-"""Prometheus metrics on a registry of the app's own (no global state, no import-time effects).
+"""Prometheus metrics on a registry of the app's own (no global state, no import-time effects),
+and the ASGI app that serves them on the metrics port (TASKS_METRICS_PORT), apart from the API.
 
 Request metrics are labelled by route *template* (`/v1/tasks/{task_id}`), never by path, so the
 number of series does not grow with the number of tasks.
@@ -7,18 +8,18 @@ number of series does not grow with the number of tasks.
 from __future__ import annotations
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
+    make_asgi_app,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -85,3 +86,29 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+METRICS_PATH = "/metrics"
+
+
+def metrics_app(metrics: Metrics) -> ASGIApp:
+    """The metrics listener's app: `GET /metrics` (prometheus-client's exposition, with its
+    OpenMetrics and gzip negotiation); any other path is 404."""
+    exposition = make_asgi_app(metrics.registry)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # the metrics listener runs without a lifespan
+            return
+        if scope["path"] == METRICS_PATH:
+            await exposition(scope, receive, send)
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"only /metrics is served here\n"})
+
+    return app

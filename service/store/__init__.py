@@ -24,6 +24,7 @@ def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore
         password = settings.redis_password
         client = connect(
             settings.redis_url,
+            username=settings.redis_username,
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.redis_timeout_seconds,
             max_connections=settings.redis_max_connections,

@@ -132,6 +132,7 @@ def connect(
     *,
     password: str | None,
     timeout: float,
+    username: str | None = None,
     max_connections: int = 16,
     socket_timeouts: bool = True,
 ) -> aioredis.Redis:
@@ -153,6 +154,8 @@ def connect(
     }
     if password is not None:
         options["password"] = password
+    if username is not None:
+        options["username"] = username
     pool = BlockingConnectionPool(**options)
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 

@@ -60,7 +60,7 @@ def process_env(r: Rendered, c: Obj, redis: RedisServer) -> dict[str, str]:
     env = resolve_env(r.objects, c, EXISTING_SECRETS)
     url = urlsplit(env["TASKS_REDIS_URL"])
     env["TASKS_REDIS_URL"] = urlunsplit(url._replace(netloc=f"127.0.0.1:{redis.port}"))
-    env["PORT"] = str(free_port())
+    env["PORT"], env["TASKS_METRICS_PORT"] = str(free_port()), str(free_port())
     return base_env(**env)
 
 
@@ -117,7 +117,12 @@ def test_api_serves_probes_metrics_and_crud_with_the_rendered_env(
             get = c[probe]["httpGet"]
             assert get["port"] == "http"
             assert httpx.get(base + get["path"], timeout=5).status_code == 200, get["path"]
-        assert httpx.get(base + "/metrics", timeout=5).status_code == 200
+        # /metrics on the port the `metrics` container port names, never on the http one.
+        assert port["metrics"] == int(
+            resolve_env(r.objects, c, EXISTING_SECRETS)["TASKS_METRICS_PORT"]
+        )
+        assert httpx.get(service.metrics_url, timeout=5).status_code == 200
+        assert httpx.get(base + "/metrics", timeout=5).status_code == 404
         assert httpx.get(base + "/version", timeout=5).status_code == 200
         _crud(base, env.get("TASKS_API_KEYS", ""))
         _helm_test_pod_passes(r, base)

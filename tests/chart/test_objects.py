@@ -239,8 +239,10 @@ def test_service_selects_only_the_api_pods() -> None:
     for obj, _ in r.pod_templates():
         labels = r.pod_template_meta(obj)["labels"]
         assert matches(selector, labels) == (obj["kind"] == "Deployment"), obj["metadata"]["name"]
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == "http"
+    assert [(p["name"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("http", "http"),
+        ("metrics", "metrics"),
+    ]
 
 
 # --- factor IX: probes and shutdown -----------------------------------------------------------
@@ -255,9 +257,11 @@ def test_probes_and_grace_period(values_file: str | None) -> None:
     assert c["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
-    (port,) = c["ports"]
     env = _env(r, c)
-    assert port == {"name": "http", "containerPort": int(env["PORT"]), "protocol": "TCP"}
+    assert c["ports"] == [
+        {"name": "http", "containerPort": int(env["PORT"]), "protocol": "TCP"},
+        {"name": "metrics", "containerPort": int(env["TASKS_METRICS_PORT"]), "protocol": "TCP"},
+    ]
     drain = float(env["TASKS_SHUTDOWN_DELAY_SECONDS"]) + float(
         env["TASKS_GRACEFUL_TIMEOUT_SECONDS"]
     )
@@ -389,12 +393,13 @@ def test_app_points_at_the_redis_the_subchart_renders(
 
 
 @pytest.mark.factor("IV")
-def test_external_redis_changes_only_the_redis_address_and_password() -> None:
+def test_external_redis_changes_only_the_redis_address_user_and_password() -> None:
     url = "rediss://managed.example.com:6380/0"
     external = rendered(
         sets=(
             "redis.enabled=false",
             f"externalRedis.url={url}",
+            "externalRedis.username=tasks-app",
             "externalRedis.existingSecret=managed-redis",
             "externalRedis.existingSecretPasswordKey=password",
             "networkPolicy.restrictEgress=false",
@@ -406,6 +411,11 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
     env = _env(external, container(external.get("Deployment", "tasks")))
     assert env["TASKS_REDIS_URL"] == url
     assert env["TASKS_REDIS_PASSWORD"] == EXISTING_SECRETS["managed-redis"]["password"]
+    # The ACL user is plain config (the ConfigMap); only its password is a secret.
+    assert external.get("ConfigMap", "tasks")["data"]["TASKS_REDIS_USERNAME"] == "tasks-app"
+    assert (
+        _env(bundled, container(bundled.get("Deployment", "tasks")))["TASKS_REDIS_USERNAME"] == ""
+    )
     for kind, name in [
         ("Deployment", "tasks"),
         ("CronJob", "tasks-cleanup"),
@@ -427,7 +437,10 @@ def test_external_redis_changes_only_the_redis_address_and_password() -> None:
         assert ma == mb, f"{kind}/{name} differs beyond the Redis env"
     config_a = external.get("ConfigMap", "tasks")["data"]
     config_b = bundled.get("ConfigMap", "tasks")["data"]
-    assert {k for k in config_a if config_a[k] != config_b[k]} == {"TASKS_REDIS_URL"}
+    assert {k for k in config_a if config_a[k] != config_b[k]} == {
+        "TASKS_REDIS_URL",
+        "TASKS_REDIS_USERNAME",
+    }
 
 
 # --- NetworkPolicy ------------------------------------------------------------------------------
@@ -440,8 +453,12 @@ def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> N
     api_policy = r.get("NetworkPolicy", "tasks")
     api_labels = r.pod_template_meta(r.get("Deployment", "tasks"))["labels"]
     assert matches(api_policy["spec"]["podSelector"]["matchLabels"], api_labels)
-    (rule,) = api_policy["spec"]["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    api_rule, metrics_rule = api_policy["spec"]["ingress"]
+    assert api_rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert "from" not in api_rule  # the API from anywhere
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
 
     redis_policy = r.get("NetworkPolicy", "tasks-redis")
     redis_labels = r.pod_template_meta(r.get("StatefulSet", "tasks-redis"))["labels"]
@@ -462,8 +479,13 @@ def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> N
 
 def test_production_restricts_api_ingress_sources() -> None:
     r = rendered("production-values.yaml")
-    (rule,) = r.get("NetworkPolicy", "tasks")["spec"]["ingress"]
-    assert len(rule["from"]) == 3
+    rule, metrics_rule = r.get("NetworkPolicy", "tasks")["spec"]["ingress"]
+    assert len(rule["from"]) == 2  # the ingress controller, and the test pod below
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert (
+        metrics_rule["from"]
+        == load_yaml(CHART / "ci" / "production-values.yaml")["networkPolicy"]["metricsFrom"]
+    )
     # `helm test` still reaches the API: its pod is an allowed peer.
     (test_pod,) = r.of_kind("Pod")
     test_labels = test_pod["metadata"]["labels"]
@@ -472,6 +494,82 @@ def test_production_restricts_api_ingress_sources() -> None:
         for p in rule["from"]
     )
     assert not rendered("dev-values.yaml").of_kind("NetworkPolicy")
+
+
+# --- /metrics on its own port -----------------------------------------------------------------
+
+
+@pytest.mark.factor("VII", "III")
+def test_metrics_have_a_container_and_service_port_of_their_own() -> None:
+    r = rendered(sets=("metrics.port=9464", "metrics.servicePort=9100"))
+    c = container(r.get("Deployment", "tasks"))
+    assert _env(r, c)["TASKS_METRICS_PORT"] == "9464"
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in c["ports"]
+    ports = {p["name"]: p for p in r.get("Service", "tasks")["spec"]["ports"]}
+    assert ports["metrics"] == {
+        "name": "metrics",
+        "port": 9100,
+        "targetPort": "metrics",
+        "protocol": "TCP",
+    }
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("metrics.port=8080",), "metrics.port (8080) must differ from containerPort"),
+        (("metrics.servicePort=80",), "metrics.servicePort (80) must differ from service.port"),
+    ],
+)
+def test_metrics_sharing_the_api_port_is_refused_at_render(
+    sets: tuple[str, ...], message: str
+) -> None:
+    result = run_helm(["template", "tasks", str(CHART), *(a for s in sets for a in ("--set", s))])
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_and_ingress_and_route_never_reach_it() -> (
+    None
+):
+    r = rendered(
+        sets=(
+            "metrics.serviceMonitor.enabled=true",
+            "ingress.enabled=true",
+            "httpRoute.enabled=true",
+        )
+    )
+    service = r.get("Service", "tasks")
+    by_name = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+    (endpoint,) = r.get("ServiceMonitor", "tasks")["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    ingress = r.get("Ingress", "tasks")
+    backends = [
+        path["backend"]["service"]
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    assert backends and all(b == {"name": "tasks", "port": {"name": "http"}} for b in backends)
+    refs = [
+        ref for rule in r.get("HTTPRoute", "tasks")["spec"]["rules"] for ref in rule["backendRefs"]
+    ]
+    assert refs and all(ref == {"name": "tasks", "port": by_name["http"]} for ref in refs)
+    assert by_name["http"] != by_name["metrics"]
+
+
+def test_metrics_port_admits_only_the_metrics_peers() -> None:
+    prometheus = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
+    custom = rendered(sets=("networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",))
+    _, rule = custom.get("NetworkPolicy", "tasks")["spec"]["ingress"]
+    assert rule == {"ports": [{"port": "metrics", "protocol": "TCP"}], "from": [prometheus]}
+    # Only an explicit empty list opens it to anyone (as ingressFrom does for the API port).
+    result = run_helm(
+        ["template", "tasks", str(CHART), "--set-json", "networkPolicy.metricsFrom=[]"]
+    )
+    assert result.returncode == 0, result.stderr
+    anywhere = Rendered.parse(result.stdout)
+    _, rule = anywhere.get("NetworkPolicy", "tasks")["spec"]["ingress"]
+    assert rule == {"ports": [{"port": "metrics", "protocol": "TCP"}]}
 
 
 # --- the Redis subchart ------------------------------------------------------------------------

@@ -146,7 +146,10 @@ def test_api_binds_port_http_with_probes_and_a_grace_period_that_covers_the_drai
     deployment = one(objs, "Deployment", "tasks")
     spec = pod_spec(deployment)
     (container,) = spec["containers"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
+    ]
     assert container["startupProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
@@ -156,8 +159,8 @@ def test_api_binds_port_http_with_probes_and_a_grace_period_that_covers_the_drai
     assert spec["terminationGracePeriodSeconds"] > drain
     service = one(objs, "Service", "tasks")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert config["PORT"] == "8080"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "metrics"]
+    assert config["PORT"] == "8080" and config["TASKS_METRICS_PORT"] == "9090"
     api_labels = deployment["spec"]["selector"]["matchLabels"]
     assert one(objs, "NetworkPolicy", "tasks")["spec"]["podSelector"]["matchLabels"] == api_labels
 

@@ -10,8 +10,9 @@ the dev overlay, builds the overlay, and compares each workload pair field by fi
 Compared: image, pull policy, command/args, ports, probes, container and pod security contexts,
 env names (env + envFrom resolved through the rendered ConfigMaps and Secrets), the settings those
 envs produce, volumes and mounts, service account token and service links, grace period, the
-Service port, CronJob/Job policies, and the prod overlay's HPA, PDB and resources against the
-chart's defaults. Deliberate differences are listed, with their reason, in ALLOWED.
+Service ports (the API's and /metrics'), the API's ingress NetworkPolicy, CronJob/Job policies,
+and the prod overlay's HPA, PDB and resources against the chart's defaults. Deliberate
+differences are listed, with their reason, in ALLOWED.
 """
 
 from __future__ import annotations
@@ -146,6 +147,15 @@ def test_services_expose_the_same_port(chart: tuple[Obj, ...], dev: tuple[Obj, .
     mine, helm = one(dev, "Service", "tasks"), one(chart, "Service", "tasks")
     assert mine["spec"]["ports"] == helm["spec"]["ports"]
     assert mine["spec"]["type"] == helm["spec"]["type"]
+
+
+@pytest.mark.factor("VII", "X")
+def test_api_ingress_policies_match_the_chart(chart: tuple[Obj, ...], dev: tuple[Obj, ...]) -> None:
+    """The API port from anywhere; the metrics port only from the `monitoring` namespace."""
+    mine, helm = (one(objs, "NetworkPolicy", "tasks")["spec"]["ingress"] for objs in (dev, chart))
+    assert mine == helm
+    assert [rule["ports"][0]["port"] for rule in mine] == ["http", "metrics"]
+    assert "from" not in mine[0] and mine[1]["from"]
 
 
 @pytest.mark.factor("XII")

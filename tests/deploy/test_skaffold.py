@@ -115,14 +115,19 @@ def test_dev_loop_rebuilds_on_service_and_jobs_changes() -> None:
     assert artifact.get("context", ".") == "."
 
 
-def test_port_forward_reaches_the_service_of_both_deploy_paths_on_8080() -> None:
-    (forward,) = skaffold()["portForward"]
-    assert forward["resourceType"] == "service"
-    assert forward["resourceName"] == "tasks"
-    assert forward["localPort"] == 8080
-    assert forward["port"] == chart_values()["service"]["port"]
+def test_port_forward_reaches_the_service_of_both_deploy_paths_on_8080_and_9090() -> None:
+    api, metrics = skaffold()["portForward"]
+    for forward in (api, metrics):
+        assert forward["resourceType"] == "service"
+        assert forward["resourceName"] == "tasks"
+    assert (api["localPort"], metrics["localPort"]) == (8080, 9090)
+    values = chart_values()
+    assert [api["port"], metrics["port"]] == [
+        values["service"]["port"],
+        values["metrics"]["servicePort"],
+    ]
     service = one(kustomize_build("overlays/dev"), "Service", "tasks")
-    assert [p["port"] for p in service["spec"]["ports"]] == [forward["port"]]
+    assert [p["port"] for p in service["spec"]["ports"]] == [api["port"], metrics["port"]]
 
 
 def test_kustomize_profile_swaps_the_chart_for_the_dev_overlay() -> None:

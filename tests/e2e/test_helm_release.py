@@ -166,17 +166,17 @@ def test_pdb_covers_the_api_pods(release, kubectl):
 @pytest.mark.factor("VII", "IV")
 def test_service_endpoints_are_the_ready_pods(release, kubectl):
     """EndpointSlices (the endpoint-slice controller's, from real pod readiness) list exactly the
-    ready API pods on the http port, and the Redis pod behind tasks-redis."""
+    ready API pods on the http and metrics ports, and the Redis pod behind tasks-redis."""
     ns = release.namespace
-    for service, selector, port in (
-        (API, "app.kubernetes.io/instance=tasks,app.kubernetes.io/component=api", 8080),
-        (REDIS, "app.kubernetes.io/instance=tasks,app.kubernetes.io/component=redis", 6379),
+    for service, selector, ports in (
+        (API, "app.kubernetes.io/instance=tasks,app.kubernetes.io/component=api", {8080, 9090}),
+        (REDIS, "app.kubernetes.io/instance=tasks,app.kubernetes.io/component=redis", {6379}),
     ):
         pods = get_json(kubectl, "pods", "-n", ns, "-l", selector)["items"]
         want = {p["status"]["podIP"] for p in pods if condition(p, "Ready") == "True"}
         assert want, f"no ready pods for {service}"
 
-        def addresses(service=service, want=want, port=port):
+        def addresses(service=service, want=want, ports=ports):
             slices = get_json(
                 kubectl, "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={service}"
             )["items"]
@@ -187,8 +187,8 @@ def test_service_endpoints_are_the_ready_pods(release, kubectl):
                 if e["conditions"].get("ready")
                 for a in e["addresses"]
             }
-            ports = {p["port"] for s in slices for p in s.get("ports") or []}
-            return ready == want and ports == {port}
+            served = {p["port"] for s in slices for p in s.get("ports") or []}
+            return ready == want and served == ports
 
         wait_until(f"endpoints of Service {service} to be its ready pods", addresses)
 
@@ -196,8 +196,8 @@ def test_service_endpoints_are_the_ready_pods(release, kubectl):
 @pytest.mark.factor("VII")
 def test_network_policies_select_the_api_and_redis_pods(release, kubectl):
     """The policies' selectors, evaluated by the API server's own label selection: the API policy
-    picks exactly the API pods (http port only); Redis admits only its clients, which the API pods
-    and the cleanup CronJob's pods are."""
+    picks exactly the API pods (the http port, and the metrics port for its peers); Redis admits
+    only its clients, which the API pods and the cleanup CronJob's pods are."""
     ns = release.namespace
 
     def pods_matching(match_labels: dict[str, str]) -> set[str]:
@@ -215,7 +215,8 @@ def test_network_policies_select_the_api_and_redis_pods(release, kubectl):
     api = get_json(kubectl, "networkpolicy", API, "-n", ns)
     assert api["spec"]["policyTypes"] == ["Ingress"]
     assert pods_matching(api["spec"]["podSelector"]["matchLabels"]) == api_pods
-    assert [p["port"] for rule in api["spec"]["ingress"] for p in rule["ports"]] == ["http"]
+    ingress = api["spec"]["ingress"]
+    assert [p["port"] for rule in ingress for p in rule["ports"]] == ["http", "metrics"]
 
     redis = get_json(kubectl, "networkpolicy", REDIS, "-n", ns)
     assert pods_matching(redis["spec"]["podSelector"]["matchLabels"]) == {f"{REDIS}-0"}

@@ -39,7 +39,8 @@ class Container(ServiceProcess):
 
     def __init__(self, rootfs: ImageRootfs, env: dict[str, str]) -> None:
         self.rootfs = rootfs
-        super().__init__({"PORT": str(free_port()), **env}, args=["container", *rootfs.config.cmd])
+        ports = {"PORT": str(free_port()), "TASKS_METRICS_PORT": str(free_port())}
+        super().__init__({**ports, **env}, args=["container", *rootfs.config.cmd])
 
     def spawn(self, env: Mapping[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         return self.rootfs.popen(env=env, stdout=self.log, stderr=subprocess.STDOUT)
@@ -77,7 +78,7 @@ def test_image_config_runs_the_api_as_a_fixed_non_root_user(image_rootfs: ImageR
     assert config.entrypoint == []
     assert config.user == "10001:10001"
     assert resolve_user(image_rootfs.path, config.user)[:2] == (10001, 10001)
-    assert config.exposed_ports == ["8080/tcp"]
+    assert sorted(config.exposed_ports) == ["8080/tcp", "9090/tcp"]  # the API, /metrics
     assert config.working_dir == "/app"
     assert config.env["PYTHONUNBUFFERED"] == "1"
     assert config.env["PATH"].startswith("/opt/venv/bin:")

@@ -78,6 +78,19 @@ is no DNS label (Helm accepts release names such as "1st" or "a.b", Services do 
 {{- end }}
 {{- end }}
 
+{{/*
+Fails the render when /metrics would share a port with the API: the app refuses that config, and
+a Service cannot carry one port twice.
+*/}}
+{{- define "tasks.checkPorts" -}}
+{{- if eq (int .Values.metrics.port) (int .Values.containerPort) }}
+{{- fail (printf "metrics.port (%v) must differ from containerPort: /metrics has a listener of its own" .Values.metrics.port) }}
+{{- end }}
+{{- if eq (int .Values.metrics.servicePort) (int .Values.service.port) }}
+{{- fail (printf "metrics.servicePort (%v) must differ from service.port" .Values.metrics.servicePort) }}
+{{- end }}
+{{- end }}
+
 {{- define "tasks.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -184,6 +197,13 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/* TASKS_REDIS_USERNAME: externalRedis.username (an ACL user); the bundled Redis has only `default`. */}}
+{{- define "tasks.redis.username" -}}
+{{- if not .Values.redis.enabled }}
+{{- .Values.externalRedis.username }}
+{{- end }}
+{{- end }}
+
 {{/* Secret name and key of the Redis password, or empty when there is none. */}}
 {{- define "tasks.redis.passwordSecret" -}}
 {{- if .Values.redis.enabled }}
@@ -198,9 +218,11 @@ app.kubernetes.io/component: redis
 {{/* The non-secret settings: the ConfigMap's data (also used by the migrate hook, see job-migrate.yaml). */}}
 {{- define "tasks.configData" -}}
 PORT: {{ .Values.containerPort | quote }}
+TASKS_METRICS_PORT: {{ .Values.metrics.port | quote }}
 TASKS_HOST: {{ .Values.config.host | quote }}
 TASKS_STORE: "redis"
 TASKS_REDIS_URL: {{ include "tasks.redis.url" . | quote }}
+TASKS_REDIS_USERNAME: {{ include "tasks.redis.username" . | quote }}
 TASKS_REDIS_TIMEOUT_SECONDS: {{ .Values.config.redisTimeoutSeconds | toString | quote }}
 TASKS_REDIS_MAX_CONNECTIONS: {{ .Values.config.redisMaxConnections | toString | quote }}
 TASKS_REDIS_KEY_PREFIX: {{ .Values.config.redisKeyPrefix | quote }}
