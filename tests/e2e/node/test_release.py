@@ -331,4 +331,13 @@ def test_an_upgrade_that_migrates_the_data_layout_fails_no_request(api, helm, ku
     assert total > 100, load.statuses
     assert not load.failures, f"{len(load.failures)} of {total} failed: {load.failures[:10]}"
     helm("rollback", RELEASE, "-n", ns, "--wait", "--timeout", "3m", timeout=200)
-    assert api.get("/readyz").status_code == 200
+
+    def rolled_back() -> bool:
+        # Terminating pods of the newer build may still answer (readiness 503) while they drain.
+        live = [p for p in pods(kubectl, ns, API) if not p["metadata"].get("deletionTimestamp")]
+        return bool(live) and all(
+            all_ready(p) and p["spec"]["containers"][0]["image"].endswith(":dev") for p in live
+        )
+
+    wait_until("the rolled-back pods to be ready", rolled_back, timeout=120)
+    assert api.post("/v1/tasks", json={"title": "after the rollback"}).status_code == 201
