@@ -58,7 +58,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.lifecycle = lifecycle or Lifecycle()
+    app.state.lifecycle = lifecycle = lifecycle or Lifecycle()
     # The routers' routes go on the app itself, one flat table. `include_router` would keep each
     # router as a nested branch that FastAPI matches twice per request (it selects the branch,
     # then the route in it); the routers carry their own prefix and tags, so nothing is lost.
@@ -73,6 +73,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         api_keys=ApiKeyGuard(settings.api_key_list),
         max_in_flight=IN_FLIGHT_PER_CONNECTION * settings.redis_max_connections,
         admission_timeout=settings.redis_timeout_seconds,  # a turn is waited for like a store call
+        lifecycle=lifecycle,
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

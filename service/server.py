@@ -7,7 +7,8 @@ API's and closes after it, so every scrape, the drain's included, finds it.
 On the first SIGTERM (or SIGINT):
   1. /readyz answers 503 at once, so the endpoints controller stops routing new traffic here;
   2. wait TASKS_SHUTDOWN_DELAY_SECONDS while load balancers catch up (we still serve meanwhile,
-     each response with `Connection: close`, so keep-alive clients reconnect elsewhere);
+     each response with `Connection: close` (service.api.edge), so keep-alive clients
+     reconnect elsewhere);
   3. close the API listener and let in-flight requests finish, for at most
      TASKS_GRACEFUL_TIMEOUT_SECONDS;
   4. close the store (the app's lifespan shutdown);
@@ -29,7 +30,6 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.api.problems import problem
@@ -54,30 +54,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
-class CloseConnectionsWhenDraining:
-    """Once draining, every response says `Connection: close`. A keep-alive client then opens a
-    new connection, which kube-proxy sends to a pod still ready, instead of keeping the old one
-    until the listener closes it: a request sent on an idle connection just as it is closed is
-    lost (the client reads EOF), and busy clients would meet that race on every rollout."""
-
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
-        self.app = app
-        self.lifecycle = lifecycle
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.lifecycle.draining:
-            await self.app(scope, receive, send)
-            return
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), (b"connection", b"close")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_closing)
 
 
 class BoundedHeadProtocol(HttpToolsProtocol):
@@ -220,7 +196,7 @@ def serve(settings: Settings) -> int:
         "server_header": False,
     }
     config = uvicorn.Config(
-        CloseConnectionsWhenDraining(app, lifecycle),
+        app,
         port=settings.port,
         lifespan="on",
         timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_seconds),

@@ -8,6 +8,10 @@ A pure-ASGI layer (no Starlette request objects) directly inside the observabili
   and a body without one (chunked) is counted as it arrives and refused once over the bound;
   a refusal with an unread body closes the connection, so the rest is never read either;
 - HEAD is served as GET (RFC 9110; the server sends the headers only);
+- once the process drains (SIGTERM), every response says `Connection: close`: a keep-alive
+  client then opens a new connection, which the Service sends to a pod still ready, instead of
+  keeping this one until the listener closes it (a request sent on an idle connection just as it
+  is closed is lost: the client reads EOF);
 - at most `max_in_flight` API requests are served at once; the others wait for a turn, first
   come first served, for at most `admission_timeout`, then answer 503 (overloaded). Under a
   burst, requests are served at the rate the process can, instead of every one starting and
@@ -30,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.deps import ApiKeyGuard
 from service.api.problems import answer, internal_error
 from service.errors import BodyTooLarge, Overloaded, TasksError
+from service.lifecycle import Lifecycle
 
 log = logging.getLogger("tasks.errors")
 
@@ -46,8 +51,10 @@ class Edge:
         api_keys: ApiKeyGuard,
         max_in_flight: int,
         admission_timeout: float,
+        lifecycle: Lifecycle,
     ) -> None:
         self.app = app
+        self.lifecycle = lifecycle
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
         self.admission = asyncio.Semaphore(max_in_flight)
@@ -75,6 +82,9 @@ class Edge:
         async def tracked(message: Message) -> None:
             nonlocal started
             started = True
+            if self.lifecycle.draining and message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -99,11 +109,11 @@ class Edge:
             response = answer(exc)
             if has_body:
                 response.headers["Connection"] = "close"
-            await response(scope, receive, send)
+            await response(scope, receive, tracked)
         except Exception:
             log.exception("unhandled error")
             if not started:
-                await internal_error()(scope, receive, send)
+                await internal_error()(scope, receive, tracked)
 
     @contextlib.asynccontextmanager
     async def _turn(self, path: str) -> AsyncIterator[None]:
@@ -111,11 +121,14 @@ class Edge:
         if not path.startswith(_ADMITTED):
             yield
             return
-        try:
-            async with asyncio.timeout(self.admission_timeout):
-                await self.admission.acquire()
-        except TimeoutError:
-            raise Overloaded("too many requests at once; retry shortly") from None
+        if self.admission.locked():  # others wait (or hold every turn): queue, within the bound
+            try:
+                async with asyncio.timeout(self.admission_timeout):
+                    await self.admission.acquire()
+            except TimeoutError:
+                raise Overloaded("too many requests at once; retry shortly") from None
+        else:  # a turn is free: taken at once, no timer to arm and cancel
+            await self.admission.acquire()
         try:
             yield
         finally:
