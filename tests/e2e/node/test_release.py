@@ -309,6 +309,29 @@ def test_the_namespace_enforces_restricted_pod_security(kubectl, release):
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
 
 
+@pytest.mark.factor("III", "IV")
+def test_upgrades_that_turn_redis_auth_off_and_on_keep_every_task(api, helm, kubectl, release):
+    """The migrate hook runs before Redis restarts with the changed auth, so it authenticates as
+    the running server expects: with the old password when auth goes off, with none when it comes
+    back on (a newly generated one, whose Secret the upgrade creates only after the hooks)."""
+    ns = release
+    ids = [api.post("/v1/tasks", json={"title": f"auth {i}"}).json()["id"] for i in range(10)]
+    for auth in ("false", "true"):
+        t0 = time.monotonic()
+        helm(
+            "upgrade", RELEASE, str(CHART), "-n", ns, "-f", str(NODE_VALUES),
+            "--set", f"config.cleanupRetention={RETENTION}", "--set", f"redis.auth.enabled={auth}",
+            "--wait", "--timeout", "4m", timeout=270,
+        )  # fmt: skip
+        FACTS[f"upgrade with redis.auth.enabled={auth}"] = f"{time.monotonic() - t0:.1f} s"
+        env = get_json(kubectl, "statefulset", f"{RELEASE}-redis", "-n", ns)["spec"]["template"]
+        names = {e["name"] for e in env["spec"]["containers"][0].get("env", [])}
+        assert ("REDIS_PASSWORD" in names) == (auth == "true")
+        wait_until("the API to be ready", lambda: api.get("/readyz").status_code == 200, 120)
+        assert [api.get(f"/v1/tasks/{i}").status_code for i in ids] == [200] * len(ids)
+        assert api.post("/v1/tasks", json={"title": f"auth={auth}"}).status_code == 201
+
+
 @pytest.mark.factor("IX", "XII")
 def test_an_upgrade_that_migrates_the_data_layout_fails_no_request(api, helm, kubectl, release):
     """`helm upgrade` to a build one data layout ahead (images.NEXT_LAYOUT: a no-op expansion),

@@ -215,6 +215,47 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/*
+The password reference of the bundled Redis as it runs now: the deployed StatefulSet's, found with
+lookup on an upgrade. Redis restarts with a changed auth (turned on or off, another Secret or key)
+only after the pre-upgrade hooks, so the migrate hook must still authenticate as before. Empty
+when that Redis has no password; this revision's own reference when there is no deployed one
+(install, external Redis, or `helm template`, which cannot look up).
+*/}}
+{{- define "tasks.redis.runningPasswordSecret" -}}
+{{- $ref := include "tasks.redis.passwordSecret" . }}
+{{- if and .Values.redis.enabled .Release.IsUpgrade }}
+{{- $running := lookup "apps/v1" "StatefulSet" .Release.Namespace (include "tasks.redis.fullname" .) }}
+{{- if eq (dig "metadata" "labels" "app.kubernetes.io/instance" "" $running) .Release.Name }}
+{{- $ref = "" }}
+{{- range $running.spec.template.spec.containers }}
+{{- range (default list .env) }}
+{{- if eq .name "REDIS_PASSWORD" }}
+{{- $secret := dig "valueFrom" "secretKeyRef" dict . }}
+{{- $ref = dict "name" $secret.name "key" $secret.key | toJson }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $ref }}
+{{- end }}
+
+{{/*
+Fails an upgrade whose migrate hook would address a bundled Redis that does not exist yet
+(`redis.enabled` turned on in a release that used externalRedis, or the Redis renamed): hooks run
+before the release's objects are created, so the hook would wait out its deadline, and the data
+would stay behind in the old Redis. Only on a real upgrade (the deployed ConfigMap is found).
+*/}}
+{{- define "tasks.checkRedisMove" -}}
+{{- if and .Release.IsUpgrade .Values.redis.enabled .Values.migrate.enabled }}
+{{- $redis := include "tasks.redis.fullname" . }}
+{{- if and (lookup "v1" "ConfigMap" .Release.Namespace (include "tasks.fullname" .)) (not (lookup "apps/v1" "StatefulSet" .Release.Namespace $redis)) }}
+{{- fail (printf "this upgrade moves the release to a new bundled Redis (%s), which starts empty and does not exist yet when the pre-upgrade migrate hook runs: move the data with `jobs export`/`jobs import` and upgrade with --set migrate.enabled=false, as the chart README's \"Moving to another Redis\" says" $redis) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* The non-secret settings: the ConfigMap's data (also used by the migrate hook, see job-migrate.yaml). */}}
 {{- define "tasks.configData" -}}
 PORT: {{ .Values.containerPort | quote }}
@@ -246,9 +287,12 @@ TASKS_CLEANUP_RETENTION: {{ .Values.config.cleanupRetention | quote }}
 {{- end }}
 {{- end }}
 
-{{/* env of every app container: the Redis password by reference, then extraEnv. */}}
+{{/*
+env of every app container: the Redis password by reference, then extraEnv. Call with
+(dict "root" $ "passwordSecret" <a reference from tasks.redis.passwordSecret or its kin>).
+*/}}
 {{- define "tasks.env" -}}
-{{- with (include "tasks.redis.passwordSecret" .) }}
+{{- with .passwordSecret }}
 {{- $ref := fromJson . }}
 - name: TASKS_REDIS_PASSWORD
   valueFrom:
@@ -256,7 +300,7 @@ TASKS_CLEANUP_RETENTION: {{ .Values.config.cleanupRetention | quote }}
       name: {{ $ref.name }}
       key: {{ $ref.key }}
 {{- end }}
-{{- with .Values.extraEnv }}
+{{- with .root.Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
@@ -284,9 +328,10 @@ tolerations:
 
 {{/*
 What every app container (API, cleanup, migrate) shares, so one image reference, one security
-context and one env reach all three by construction. Call with (dict "root" $ "pinConfig" bool):
-pinConfig also sets this revision's non-secret settings as explicit env, which wins over envFrom
-(the migrate hook runs before the ConfigMap is upgraded; see job-migrate.yaml).
+context and one env reach all three by construction. Call with (dict "root" $ "hook" bool): the
+migrate hook runs before the ConfigMap is upgraded and before Redis restarts (see job-migrate.yaml),
+so it also gets this revision's non-secret settings as explicit env, which wins over envFrom, and
+authenticates as the running Redis expects.
 */}}
 {{- define "tasks.appContainer" -}}
 {{- $root := .root -}}
@@ -297,12 +342,13 @@ securityContext:
 envFrom:
   {{- include "tasks.envFrom" $root | nindent 2 }}
 {{- $pinned := "" }}
-{{- if .pinConfig }}
+{{- if .hook }}
 {{- range $name, $value := (include "tasks.configData" $root | fromYaml) }}
 {{- $pinned = printf "%s\n- name: %s\n  value: %s" $pinned $name ($value | toString | quote) }}
 {{- end }}
 {{- end }}
-{{- with (printf "%s\n%s" $pinned (include "tasks.env" $root) | trim) }}
+{{- $password := include (ternary "tasks.redis.runningPasswordSecret" "tasks.redis.passwordSecret" (eq .hook true)) $root }}
+{{- with (printf "%s\n%s" $pinned (include "tasks.env" (dict "root" $root "passwordSecret" $password)) | trim) }}
 env:
   {{- . | nindent 2 }}
 {{- end }}
