@@ -1,10 +1,12 @@
 """Load and startup benchmark: the service (Redis store, one worker) against a bare baseline.
 
-Starts a throwaway redis-server, the service and bench/baseline.py on 127.0.0.1, loads both with
-wrk, and prints req/s and p50/p99 for GET one task, POST and list, the GET ratio to the baseline,
+Starts a throwaway redis-server, the service, bench/baseline.py and podinfo (the reference
+Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them with wrk, and
+prints req/s and p50/p99 for GET one task, POST and list, the GET ratios to the baseline and to
+podinfo's Redis-backed `GET /cache/{key}` on one core (GOMAXPROCS=1) serving the same JSON,
 start-to-ready time and RSS. Prints figures; never fails on them. Runs well under two minutes.
 
-On a shared machine wall-clock figures move with the load, so the two GETs are measured in
+On a shared machine wall-clock figures move with the load, so the GETs are measured in
 alternating rounds (each server sees the same load on average), and every row also shows the CPU
 time the server process spent per request, which the load barely moves.
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,16 +34,19 @@ from tests.support import RedisServer, free_port  # noqa: E402
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # alternating GET rounds, DURATION each
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
-TARGETS = {"get_ratio": 0.9, "ready_seconds": 1.0, "rss_mb": 80.0}
+TARGETS = {"get_ratio": 0.9, "peer_ratio": 0.5, "ready_seconds": 1.0, "rss_mb": 80.0}
+PODINFO = ROOT / ".tools" / "bin" / "podinfo"
 POST_LUA = """wrk.method = "POST"
 wrk.body = '{"title": "bench", "description": "a task created by wrk"}'
 wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def start(args: list[str], env: dict[str, str], port: int) -> tuple[subprocess.Popen[bytes], float]:
-    """Start a server; return it and the seconds from exec to `/readyz` (or `/docs`) 200."""
-    probe = f"http://127.0.0.1:{port}{'/readyz' if 'service' in args else '/docs'}"
+def start(
+    args: list[str], env: dict[str, str], port: int, ready: str = "/readyz"
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a server; return it and the seconds from exec to `ready` answering 200."""
+    probe = f"http://127.0.0.1:{port}{ready}"
     # One client for all the polls: `httpx.get` builds a client (and its TLS context) per call,
     # ~20 ms of CPU each, which would compete with the server's own start on a small machine.
     with httpx.Client(timeout=0.5) as client:
@@ -124,8 +130,23 @@ def main() -> None:
             [sys.executable, str(ROOT / "bench" / "baseline.py")],
             {**env, "PORT": str(baseline_port), "BASELINE_REDIS_URL": redis_server.url},
             baseline_port,
+            ready="/docs",
         )
         procs.append(baseline)
+        if not PODINFO.exists():
+            raise SystemExit(f"{PODINFO} missing: `make bench` builds it")
+        peer_port = free_port()
+        peer, _ = start(
+            [
+                str(PODINFO),
+                f"--port={peer_port}",
+                f"--cache-server=tcp://127.0.0.1:{redis_server.port}",
+                "--level=warn",  # its start-up lines; it logs requests only at debug
+            ],
+            {**env, "GOMAXPROCS": "1"},
+            peer_port,
+        )
+        procs.append(peer)
 
         svc = f"http://127.0.0.1:{service_port}"
         task_id = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
@@ -134,13 +155,24 @@ def main() -> None:
         get_url = f"{svc}/v1/tasks/{task_id}"
         base_url = f"http://127.0.0.1:{baseline_port}/v1/tasks/{task_id}"
         assert httpx.get(base_url).json()["id"] == task_id
+        # podinfo serves a string value as it is: the task's JSON, byte for byte what we serve.
+        body = httpx.get(get_url).content
+        redis.Redis.from_url(redis_server.url).set(f"bench:{task_id}", body)
+        peer_url = f"http://127.0.0.1:{peer_port}/cache/bench:{task_id}"
+        assert httpx.get(peer_url).content == body
 
-        wrk(get_url, service.pid, 1), wrk(base_url, baseline.pid, 1)  # warm up both
-        base_rounds, get_rounds = [], []
-        for _ in range(ROUNDS):  # alternate, so both see the same machine load on average
-            base_rounds.append(wrk(base_url, baseline.pid))
-            get_rounds.append(wrk(get_url, service.pid))
-        results = {"baseline GET": combine(base_rounds), "GET one task": combine(get_rounds)}
+        servers = {
+            "baseline GET": (base_url, baseline.pid),
+            "GET one task": (get_url, service.pid),
+            "podinfo GET": (peer_url, peer.pid),
+        }
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for url, pid in servers.values():
+            wrk(url, pid, 1)  # warm up
+        for _ in range(ROUNDS):  # alternate, so all see the same machine load on average
+            for name, (url, pid) in servers.items():
+                rounds[name].append(wrk(url, pid))
+        results = {name: combine(figures) for name, figures in rounds.items()}
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)
         results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
@@ -154,7 +186,8 @@ def main() -> None:
 
     print(
         f"\nwrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, 127.0.0.1; "
-        f"the two GETs: median of {ROUNDS} alternating runs\n"
+        f"the three GETs: median of {ROUNDS} alternating runs; podinfo on GOMAXPROCS=1, its\n"
+        f"GET /cache/{{key}} is EXISTS + GET and logs no line (ours logs one per request at info)\n"
     )
     header = f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
     print(f"{header}{'CPU us/req':>12}")
@@ -165,6 +198,8 @@ def main() -> None:
         )
     ratio = results["GET one task"]["rps"] / results["baseline GET"]["rps"]
     cpu_ratio = results["baseline GET"]["cpu_us"] / results["GET one task"]["cpu_us"]
+    peer_ratio = results["GET one task"]["rps"] / results["podinfo GET"]["rps"]
+    peer_cpu_ratio = results["podinfo GET"]["cpu_us"] / results["GET one task"]["cpu_us"]
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
@@ -174,6 +209,11 @@ def main() -> None:
         f"GET vs bare baseline   {ratio:.2f}x   target >= {TARGETS['get_ratio']}x  "
         f"{verdict(ratio >= TARGETS['get_ratio'])}  "
         f"(by CPU per request: {cpu_ratio:.2f}x)"
+    )
+    print(
+        f"GET vs podinfo         {peer_ratio:.2f}x   goal >= {TARGETS['peer_ratio']}x  "
+        f"{verdict(peer_ratio >= TARGETS['peer_ratio'])}  "
+        f"(by CPU per request: {peer_cpu_ratio:.2f}x)"
     )
     print(
         f"start to /readyz 200   {ready_seconds:.2f}s   target <= {TARGETS['ready_seconds']}s  "
