@@ -74,6 +74,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
         max_in_flight=IN_FLIGHT_PER_CONNECTION * settings.redis_max_connections,
         admission_timeout=settings.redis_timeout_seconds,  # a turn is waited for like a store call
         lifecycle=lifecycle,
+        read_one=tasks.ReadOne(app.router.routes),
     )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app

@@ -16,6 +16,8 @@ A pure-ASGI layer (no Starlette request objects) directly inside the observabili
   come first served, for at most `admission_timeout`, then answer 503 (overloaded). Under a
   burst, requests are served at the rate the process can, instead of every one starting and
   none finishing in time (each would run out of its store budget waiting for the CPU);
+- GET and HEAD of one task, the hottest call, are served here (`service.api.tasks.ReadOne`),
+  without FastAPI's routing;
 - an exception nothing else handled (a bug) is answered 500 problem+json and logged once, here,
   with the request id, and not re-raised, so the server logs no second traceback.
 
@@ -33,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import ApiKeyGuard
 from service.api.problems import answer, internal_error
+from service.api.tasks import ReadOne
 from service.errors import BodyTooLarge, Overloaded, TasksError
 from service.lifecycle import Lifecycle
 
@@ -52,8 +55,10 @@ class Edge:
         max_in_flight: int,
         admission_timeout: float,
         lifecycle: Lifecycle,
+        read_one: ReadOne,
     ) -> None:
         self.app = app
+        self.read_one = read_one
         self.lifecycle = lifecycle
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
@@ -100,7 +105,11 @@ class Edge:
             if method == "HEAD":
                 inner = {**scope, "method": "GET"}
             async with self._turn(scope["path"]):
-                await self.app(inner, receive, tracked)
+                task_id = self.read_one.task_id(method, scope["path"])
+                if task_id is not None:
+                    await self.read_one(scope, tracked, task_id)
+                else:
+                    await self.app(inner, receive, tracked)
             if inner is not scope and "route" in inner:
                 scope["route"] = inner["route"]  # for the request metrics' route label
         except TasksError as exc:

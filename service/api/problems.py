@@ -73,6 +73,9 @@ def answer(exc: TasksError) -> JSONResponse:
     answers before FastAPI sees the request)."""
     status, title, slug = next(_STATUS[t] for t in type(exc).__mro__ if t in _STATUS)
     headers: dict[str, str] = {}
+    if isinstance(exc, StoreUnavailable):
+        # One line per failed request; the reason, never the command or its arguments.
+        log.warning("store unavailable", extra={"reason": exc.reason.value})
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="tasks"'
     elif isinstance(exc, StoreUnavailable | Overloaded):
@@ -95,9 +98,6 @@ def internal_error() -> JSONResponse:
 
 async def _tasks_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TasksError)
-    if isinstance(exc, StoreUnavailable):
-        # One line per failed request; the reason, never the command or its arguments.
-        log.warning("store unavailable", extra={"reason": exc.reason.value})
     return answer(exc)
 
 
