@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from service.api.deps import lifecycle_of, settings_of, store_of
 from service.api.problems import RETRY_AFTER_SECONDS, problem
 from service.errors import StoreUnavailable, Unavailability
-from service.store.base import LayoutMismatch
+from service.store.base import LayoutMismatch, ShardCountMismatch
 
 router = APIRouter(tags=["operations"])
 
@@ -54,6 +54,13 @@ async def readyz(request: Request) -> JSONResponse:
                 "min_compatible": exc.stored.min_compatible,
                 "understood": exc.build.version,
             },
+        )
+    except ShardCountMismatch as exc:
+        return problem(
+            503,
+            title="Not ready",
+            detail=str(exc),
+            checks={"draining": False, "store": "shard-count-mismatch"},
         )
     return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
 
