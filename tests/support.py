@@ -211,21 +211,25 @@ class RedisClusterServers:
             raise
 
     def wait_healthy(self, timeout: float = 60) -> None:
-        """Until every running node says cluster_state:ok and agrees on the primaries."""
+        """Until every running node says cluster_state:ok, sees every running node alive and
+        every other one failed, and all agree on which are the primaries and the replicas."""
+        running = {node.port for node in self.nodes if node.proc is not None}
 
         def healthy() -> bool:
             views = set()
-            for node in self.nodes:
-                if node.proc is None:
-                    continue
+            for port in running:
                 try:
-                    with node.client() as c:
+                    with self.node(port).client() as c:
                         if c.cluster("info")["cluster_state"] != "ok":
                             return False
-                        views.add(tuple(sorted(self._primaries_seen_by(c))))
+                        seen = self._nodes_seen_by(c)
                 except redis.RedisError:
                     return False
-            return len(views) == 1
+                alive = {p for p, node in seen.items() if "fail" not in node["flags"]}
+                replicas = {p for p in alive if "slave" in seen[p]["flags"]}
+                views.add((frozenset(alive), frozenset(replicas)))
+            ((alive, replicas),) = views if len(views) == 1 else ((None, None),)
+            return alive == running and replicas is not None and len(alive - replicas) >= 3
 
         wait_until(healthy, timeout=timeout, interval=0.1, what="the Redis Cluster to agree")
 

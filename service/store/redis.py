@@ -94,6 +94,7 @@ from service.store.base import (
 T = TypeVar("T")
 _Rows = list[dict[str, str]]
 _Groups = list[tuple["ShardKeys", list[Task]]]  # tasks by shard
+_Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
 log = logging.getLogger("tasks.store")
 
 REDIS_FAILURES = (RedisError, TimeoutError)
@@ -121,6 +122,8 @@ _ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
 _PIPELINE_ANNOTATION = "caused error: "  # redis-py's prefix on a pipeline command's error
 _STALE_NODE = frozenset({Unavailability.readonly, Unavailability.masterdown})
 _ROLE_RECHECK_SECONDS = 1.0
+# A script's reply when a key it derives (not declares) has left the node: a slot migration.
+_NON_LOCAL_KEY = "Script attempted to access a non local key"
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
@@ -197,6 +200,10 @@ def _cluster_client(url: str, options: dict[str, Any], max_connections: int) -> 
     options.pop("db", None)
     options.pop("host", None)
     options.pop("port", None)
+    # No socket timeout: RedisTaskStore bounds every operation as a whole. A command that
+    # times out at the socket makes redis-py's cluster client disconnect the node's idle
+    # connections while other calls may be taking them (an AttributeError, not a RedisError).
+    options["socket_timeout"] = None
     if options.pop("connection_class", None) is SSLConnection:
         options["ssl"] = True
     return RedisCluster(
@@ -205,6 +212,9 @@ def _cluster_client(url: str, options: dict[str, Any], max_connections: int) -> 
         # A few quick retries, each after the slot map is refreshed: the caller's timeout
         # bounds them all, and a failover's MOVED is followed rather than answered with 503.
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 3),
+        # A MOVED updates the one slot's owner; redis-py's default also closes every
+        # connection on each fifth, failing the other calls in flight.
+        reinitialize_steps=0,
         **options,
     )
 
@@ -566,21 +576,37 @@ class RedisTaskStore:
         # `limit + 1` are among them, so merging keeps the keyset cursor exact across shards.
         upper = "+" if before is None else f"({before}"
         replies = await _each(
-            self._list_script(keys=[shard.index(status)], args=[upper, limit + 1, shard.task("")])
-            for shard in self._keys.shards
+            self._list_shard(shard, status, upper, limit + 1) for shard in self._keys.shards
         )
-        found = sorted(
-            (pair for ids, rows in replies for pair in zip(ids, rows, strict=True)), reverse=True
-        )[: limit + 1]
+        found = sorted((pair for reply in replies for pair in reply), reverse=True)[: limit + 1]
         ids, rows = [i for i, _ in found], [row for _, row in found]
         has_more = len(ids) > limit
-        tasks = [_from_hash(dict(zip(row[::2], row[1::2], strict=True))) for row in rows[:limit]]
+        tasks = [_from_hash(row) for row in rows[:limit]]
         return Page(
             # A deleted task (empty row) is simply absent; a row is checked against the filter
             # as well, so the answer can only hold tasks that have the status asked for.
             items=[t for t in tasks if status is None or t.status is status],
             next_cursor=ids[limit - 1] if has_more else None,
         )
+
+    async def _list_shard(
+        self, shard: ShardKeys, status: Status | None, upper: str, count: int
+    ) -> _Found:
+        """One shard's newest `count` ids below `upper`, each with its hash (empty if deleted)."""
+        index = shard.index(status)
+        try:
+            reply = await self._list_script(keys=[index], args=[upper, count, shard.task("")])
+        except ResponseError as exc:
+            if not str(exc).startswith(_NON_LOCAL_KEY):
+                raise
+            # The shard's slot is being migrated, and some of its keys have moved: read the
+            # index, then each hash, one key per command (the client follows each ASK).
+            found = cast(list[str], await self._redis.zrevrangebylex(index, upper, "-", 0, count))
+            rows = await _each(self._redis.hgetall(shard.task(i)) for i in found) if found else []
+            return list(zip(found, cast(list[dict[str, str]], rows), strict=True))
+        ids, flat = cast(tuple[list[str], list[list[str]]], reply)
+        rows = [dict(zip(row[::2], row[1::2], strict=True)) for row in flat]
+        return list(zip(ids, rows, strict=True))
 
     # Compare-and-set of a patch: write the new fields only if the hash still holds every field
     # as read.
