@@ -602,8 +602,8 @@ class RedisTaskStore:
             # The shard's slot is being migrated, and some of its keys have moved: read the
             # index, then each hash, one key per command (the client follows each ASK).
             found = cast(list[str], await self._redis.zrevrangebylex(index, upper, "-", 0, count))
-            rows = await _each(self._redis.hgetall(shard.task(i)) for i in found) if found else []
-            return list(zip(found, cast(list[dict[str, str]], rows), strict=True))
+            hashes = await _each(self._redis.hgetall(shard.task(i)) for i in found) if found else []
+            return list(zip(found, cast(list[dict[str, str]], hashes), strict=True))
         ids, flat = cast(tuple[list[str], list[list[str]]], reply)
         rows = [dict(zip(row[::2], row[1::2], strict=True)) for row in flat]
         return list(zip(ids, rows, strict=True))
