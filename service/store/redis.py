@@ -463,9 +463,11 @@ class RedisTaskStore:
     async def _layout(self) -> LayoutWindow | None:
         from service.store.migrations import legacy_data_present
 
-        current, floor = cast(
-            list[str | None], await self._redis.mget(self._keys.layout, self._keys.layout_min)
-        )
+        keys = self._keys
+        meta = [keys.layout, keys.layout_min, *([keys.shard_count] if self._cluster else [])]
+        current, floor, *shards = cast(list[str | None], await self._redis.mget(meta))
+        if shards and shards[0] is not None and int(shards[0]) != len(keys.shards):
+            raise ShardCountMismatch(int(shards[0]), len(keys.shards))
         if current is not None:
             # No floor: recorded before the window existed, when only one layout was served.
             return LayoutWindow(int(current), int(floor if floor is not None else current))
