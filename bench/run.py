@@ -2,7 +2,9 @@
 
 Starts a throwaway redis-server, the service and bench/baseline.py on 127.0.0.1, loads both with
 wrk, and prints req/s and p50/p99 for GET one task, POST and list, the GET ratio to the baseline,
-start-to-ready time and RSS. Prints figures; never fails on them. Runs well under two minutes.
+start-to-ready time and RSS. Then the same GET and list against a second service in cluster mode
+(a Redis Cluster of 3 primaries and 3 replicas, on loopback too), beside the standalone figures.
+Prints figures; never fails on them. Runs in about two minutes.
 
 On a shared machine wall-clock figures move with the load, so the two GETs are measured in
 alternating rounds (each server sees the same load on average), and every row also shows the CPU
@@ -26,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisServer, free_port  # noqa: E402
+from tests.support import RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # alternating GET rounds, DURATION each
@@ -102,21 +104,38 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
 
 
+def start_service(env: dict[str, str], **store: str) -> tuple[subprocess.Popen[bytes], float, str]:
+    """The service on a free port with the Redis store `store` names; it, its start-to-ready
+    seconds, and its base URL."""
+    port = free_port()
+    service, ready_seconds = start(
+        [sys.executable, "-m", "service"],
+        {**env, "PORT": str(port), "TASKS_METRICS_PORT": str(free_port()),
+         "TASKS_STORE": "redis",
+         "TASKS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"), **store},
+        port,
+    )  # fmt: skip
+    return service, ready_seconds, f"http://127.0.0.1:{port}"
+
+
+def seed(svc: str) -> str:
+    """One task to GET, and 100 more to list; the first one's id."""
+    task_id: str = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
+    for i in range(100):
+        httpx.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
+    return task_id
+
+
 def main() -> None:
     redis_server = RedisServer()
     redis_server.start()
+    cluster = RedisClusterServers()
+    cluster.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKS_")}
-        service_port, baseline_port = free_port(), free_port()
-        service, ready_seconds = start(
-            [sys.executable, "-m", "service"],
-            {**env, "PORT": str(service_port), "TASKS_METRICS_PORT": str(free_port()),
-             "TASKS_STORE": "redis",
-             "TASKS_REDIS_URL": redis_server.url,
-             "TASKS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")},
-            service_port,
-        )  # fmt: skip
+        baseline_port = free_port()
+        service, ready_seconds, svc = start_service(env, TASKS_REDIS_URL=redis_server.url)
         procs.append(service)
         start_cpu = cpu_seconds(service.pid)
         idle_rss, _ = rss_mb(service.pid)
@@ -127,34 +146,42 @@ def main() -> None:
         )
         procs.append(baseline)
 
-        svc = f"http://127.0.0.1:{service_port}"
-        task_id = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
-        for i in range(100):
-            httpx.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
+        clustered, _, csvc = start_service(
+            env, TASKS_REDIS_MODE="cluster", TASKS_REDIS_URL=cluster.url
+        )
+        procs.append(clustered)
+
+        task_id, cluster_task_id = seed(svc), seed(csvc)
         get_url = f"{svc}/v1/tasks/{task_id}"
+        cget_url = f"{csvc}/v1/tasks/{cluster_task_id}"
         base_url = f"http://127.0.0.1:{baseline_port}/v1/tasks/{task_id}"
         assert httpx.get(base_url).json()["id"] == task_id
 
-        wrk(get_url, service.pid, 1), wrk(base_url, baseline.pid, 1)  # warm up both
-        base_rounds, get_rounds = [], []
-        for _ in range(ROUNDS):  # alternate, so both see the same machine load on average
+        wrk(get_url, service.pid, 1), wrk(base_url, baseline.pid, 1)  # warm up all three
+        wrk(cget_url, clustered.pid, 1)
+        base_rounds, get_rounds, cget_rounds = [], [], []
+        for _ in range(ROUNDS):  # alternate, so all see the same machine load on average
             base_rounds.append(wrk(base_url, baseline.pid))
             get_rounds.append(wrk(get_url, service.pid))
+            cget_rounds.append(wrk(cget_url, clustered.pid))
         results = {"baseline GET": combine(base_rounds), "GET one task": combine(get_rounds)}
+        results["GET (cluster)"] = combine(cget_rounds)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)
         results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
         results["list (limit=20)"] = wrk(f"{svc}/v1/tasks?limit=20", service.pid)
+        results["list (cluster)"] = wrk(f"{csvc}/v1/tasks?limit=20", clustered.pid)
         loaded_rss, peak_rss = rss_mb(service.pid)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
         redis_server.stop()
+        cluster.stop()
 
     print(
         f"\nwrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, 127.0.0.1; "
-        f"the two GETs: median of {ROUNDS} alternating runs\n"
+        f"the GETs: median of {ROUNDS} alternating runs\n"
     )
     header = f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
     print(f"{header}{'CPU us/req':>12}")
@@ -184,6 +211,15 @@ def main() -> None:
         f"RSS idle / loaded / peak  {idle_rss:.0f} / {loaded_rss:.0f} / {peak_rss:.0f} MB   "
         f"target <= {TARGETS['rss_mb']:.0f} MB  {verdict(peak_rss <= TARGETS['rss_mb'])}"
     )
+    for what, standalone, clustered_ in [
+        ("GET", results["GET one task"], results["GET (cluster)"]),
+        ("list (limit=20)", results["list (limit=20)"], results["list (cluster)"]),
+    ]:
+        print(
+            f"cluster vs standalone, {what}: {clustered_['rps'] / standalone['rps']:.2f}x req/s, "
+            f"p50 {clustered_['p50']:.2f} vs {standalone['p50']:.2f} ms, "
+            f"CPU/request {clustered_['cpu_us'] / standalone['cpu_us']:.2f}x"
+        )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
 
 
