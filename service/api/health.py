@@ -24,6 +24,9 @@ _READ_ONLY = frozenset({Unavailability.readonly, Unavailability.masterdown})
 @router.get(
     "/readyz",
     summary="Ready for traffic: store reachable and writable, its data layout served, not draining",
+    description="The store check: Redis answers and is a primary (`ROLE`); in cluster mode, the "
+    "cluster serves every slot (`CLUSTER INFO`, asked of one node) and the recorded shard count "
+    "is the configured one. Then the stored data layout admits this build.",
     responses={503: {"content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> JSONResponse:

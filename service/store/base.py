@@ -114,7 +114,8 @@ class TaskStore(Protocol):
     async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
         """Store a new task atomically. With `idempotency`, a repeat of the same key and body
         returns the task first created under that key and stores nothing; the same key with
-        another body raises `IdempotencyKeyReused`."""
+        another body raises `IdempotencyKeyReused`. The task stored is `Created.task`: a store
+        that places tasks by id may give it the next id that fits (Redis in cluster mode)."""
 
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""
