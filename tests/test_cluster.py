@@ -26,7 +26,7 @@ from service.store import TaskStore
 from service.store.base import ShardCountMismatch
 from service.store.redis import RedisKeys, shard_tag
 from tests.conftest import StartService
-from tests.support import RedisClusterServers, ServiceProcess, wait_until, with_store
+from tests.support import RedisClusterServers, ServiceProcess, free_port, wait_until, with_store
 
 pytestmark = pytest.mark.timeout(300)
 PROBLEM = "application/problem+json"
@@ -300,6 +300,28 @@ def test_a_shard_down_answers_503_problem_json_never_500_and_recovers(
         private_cluster.wait_healthy()
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=30, what="ready")
     assert set(every_call_succeeds(service.base_url, count=20)) == {200, 201}
+
+
+@pytest.mark.factor("IV")
+def test_a_cluster_that_no_seed_node_reaches_answers_503_and_jobs_exit_1(make_settings) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_jobs import job_env, run_job
+
+    nowhere = f"redis://127.0.0.1:{free_port()},redis://127.0.0.1:{free_port()}"
+    settings: Settings = make_settings("cluster", redis_url=nowhere, redis_timeout_seconds=0.5)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        answers = [
+            client.get("/readyz"),
+            client.post("/v1/tasks", json={"title": "x"}),
+            client.get("/v1/tasks"),
+        ]
+    assert [a.status_code for a in answers] == [503, 503, 503]
+    assert all(a.headers["content-type"] == PROBLEM for a in answers)
+    assert answers[0].json()["checks"]["store"] == "unreachable"
+    run = run_job(job_env(settings), "cleanup")
+    assert (
+        run.code == 1
+        and run.summary["error"] == "store unavailable (store unavailable: connection)"
+    )
 
 
 @pytest.mark.factor("IV")

@@ -67,8 +67,10 @@ from redis.exceptions import (
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
@@ -97,7 +99,9 @@ _Groups = list[tuple["ShardKeys", list[Task]]]  # tasks by shard
 _Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
 log = logging.getLogger("tasks.store")
 
-REDIS_FAILURES = (RedisError, TimeoutError)
+# A cluster client also raises RedisClusterException, which is not a RedisError: no seed node
+# answers, a slot that no node serves.
+REDIS_FAILURES = (RedisError, RedisClusterException, TimeoutError)
 """What a call to Redis raises when Redis cannot answer: give them to `unavailable`."""
 
 # Error replies that mean "not now" (the first word of the reply), and what they are called.
@@ -114,6 +118,7 @@ _REPLY_REASONS = {
 _ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
     (MasterDownError, "MASTERDOWN"),
     (ClusterDownError, "CLUSTERDOWN"),
+    (SlotNotCoveredError, "CLUSTERDOWN"),
     (TryAgainError, "TRYAGAIN"),
     (ReadOnlyError, "READONLY"),
     (BusyLoadingError, "LOADING"),
@@ -141,7 +146,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
         reason = _REPLY_REASONS.get(code, Unavailability.error)
     elif isinstance(exc, TimeoutError):  # redis-py's TimeoutError, and asyncio.timeout's
         reason = Unavailability.timeout
-    elif isinstance(exc, ConnectionError):
+    elif isinstance(exc, ConnectionError | RedisClusterException):  # no node reachable
         reason = Unavailability.connection
     else:
         reason = Unavailability.error
