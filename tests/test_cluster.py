@@ -211,6 +211,29 @@ def test_another_shard_count_is_refused_not_read_from_the_wrong_shards(make_sett
         assert client.get(f"/v1/tasks/{created.task.id}").json()["title"] == "kept"
 
 
+CLUSTER_ACL = "~tasks:* +@read +@write +@scripting +@keyspace +@connection +role"
+CLUSTER_ACL += " +cluster|slots +cluster|info"  # the chart README's list for cluster mode
+
+
+@pytest.mark.factor("IV")
+def test_the_documented_acl_user_serves_in_cluster_mode(
+    redis_cluster: RedisClusterServers, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    user, password = f"app-{uuid.uuid4().hex[:8]}", "acl-password-0123456789"
+    for node in redis_cluster.nodes:
+        with node.client() as c:
+            c.execute_command("ACL", "SETUSER", user, "on", f">{password}", *CLUSTER_ACL.split())
+    settings: Settings = make_settings(
+        "cluster", redis_key_prefix="tasks:acl:", redis_username=user, redis_password=password
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        created = client.post("/v1/tasks", json={"title": "as the app user"})
+        assert created.status_code == 201
+        assert client.get(f"/v1/tasks/{created.json()['id']}").status_code == 200
+        assert client.get("/v1/tasks").json()["items"][0]["id"] == created.json()["id"]
+
+
 @pytest.mark.factor("IV")
 def test_concurrent_creates_under_one_idempotency_key_store_one_task(make_settings) -> None:  # type: ignore[no-untyped-def]
     """The record and the task share a shard, so the create stays one atomic script."""
