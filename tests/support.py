@@ -179,6 +179,7 @@ class RedisClusterServers:
 
     def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
         self.cli = require_tool("redis-cli", "make system-deps installs redis-server")
+        self.primary_count = primaries
         self.replicas = replicas
         ports: set[int] = set()
         for _ in range(primaries * (1 + replicas)):
@@ -229,7 +230,8 @@ class RedisClusterServers:
                 replicas = {p for p in alive if "slave" in seen[p]["flags"]}
                 views.add((frozenset(alive), frozenset(replicas)))
             ((alive, replicas),) = views if len(views) == 1 else ((None, None),)
-            return alive == running and replicas is not None and len(alive - replicas) >= 3
+            primaries = len(alive - replicas) if alive is not None and replicas is not None else 0
+            return alive == running and primaries == self.primary_count
 
         wait_until(healthy, timeout=timeout, interval=0.1, what="the Redis Cluster to agree")
 
