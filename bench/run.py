@@ -4,7 +4,9 @@ Starts a throwaway redis-server, the service, bench/baseline.py and podinfo (the
 Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them with wrk, and
 prints req/s and p50/p99 for GET one task, POST and list, the GET ratios to the baseline and to
 podinfo's Redis-backed `GET /cache/{key}` on one core (GOMAXPROCS=1) serving the same JSON,
-start-to-ready time and RSS. Prints figures; never fails on them. Runs well under two minutes.
+start-to-ready time and RSS. Then the same GET and list against a second service in cluster mode
+(a Redis Cluster of 3 primaries and 3 replicas, on loopback too), beside the standalone figures.
+Prints figures; never fails on them. Runs in about two minutes.
 
 On a shared machine wall-clock figures move with the load, so the GETs are measured in
 alternating rounds (each server sees the same load on average), and every row also shows the CPU
@@ -29,7 +31,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisServer, free_port  # noqa: E402
+from tests.support import RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # alternating GET rounds, DURATION each
@@ -108,21 +110,38 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return kb["VmRSS"] / 1024, kb["VmHWM"] / 1024
 
 
+def start_service(env: dict[str, str], **store: str) -> tuple[subprocess.Popen[bytes], float, str]:
+    """The service on a free port with the Redis store `store` names; it, its start-to-ready
+    seconds, and its base URL."""
+    port = free_port()
+    service, ready_seconds = start(
+        [sys.executable, "-m", "service"],
+        {**env, "PORT": str(port), "TASKS_METRICS_PORT": str(free_port()),
+         "TASKS_STORE": "redis",
+         "TASKS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info"), **store},
+        port,
+    )  # fmt: skip
+    return service, ready_seconds, f"http://127.0.0.1:{port}"
+
+
+def seed(svc: str) -> str:
+    """One task to GET, and 100 more to list; the first one's id."""
+    task_id: str = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
+    for i in range(100):
+        httpx.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
+    return task_id
+
+
 def main() -> None:
     redis_server = RedisServer()
     redis_server.start()
+    cluster = RedisClusterServers()
+    cluster.start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKS_")}
-        service_port, baseline_port = free_port(), free_port()
-        service, ready_seconds = start(
-            [sys.executable, "-m", "service"],
-            {**env, "PORT": str(service_port), "TASKS_METRICS_PORT": str(free_port()),
-             "TASKS_STORE": "redis",
-             "TASKS_REDIS_URL": redis_server.url,
-             "TASKS_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "info")},
-            service_port,
-        )  # fmt: skip
+        baseline_port = free_port()
+        service, ready_seconds, svc = start_service(env, TASKS_REDIS_URL=redis_server.url)
         procs.append(service)
         start_cpu = cpu_seconds(service.pid)
         idle_rss, _ = rss_mb(service.pid)
@@ -148,11 +167,14 @@ def main() -> None:
         )
         procs.append(peer)
 
-        svc = f"http://127.0.0.1:{service_port}"
-        task_id = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
-        for i in range(100):
-            httpx.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
+        clustered, _, csvc = start_service(
+            env, TASKS_REDIS_MODE="cluster", TASKS_REDIS_URL=cluster.url
+        )
+        procs.append(clustered)
+
+        task_id, cluster_task_id = seed(svc), seed(csvc)
         get_url = f"{svc}/v1/tasks/{task_id}"
+        cget_url = f"{csvc}/v1/tasks/{cluster_task_id}"
         base_url = f"http://127.0.0.1:{baseline_port}/v1/tasks/{task_id}"
         assert httpx.get(base_url).json()["id"] == task_id
         # podinfo serves a string value as it is: the task's JSON, byte for byte what we serve.
@@ -165,6 +187,7 @@ def main() -> None:
             "baseline GET": (base_url, baseline.pid),
             "GET one task": (get_url, service.pid),
             "podinfo GET": (peer_url, peer.pid),
+            "GET (cluster)": (cget_url, clustered.pid),
         }
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for url, pid in servers.values():
@@ -177,16 +200,18 @@ def main() -> None:
             lua.write(POST_LUA)
         results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
         results["list (limit=20)"] = wrk(f"{svc}/v1/tasks?limit=20", service.pid)
+        results["list (cluster)"] = wrk(f"{csvc}/v1/tasks?limit=20", clustered.pid)
         loaded_rss, peak_rss = rss_mb(service.pid)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
         redis_server.stop()
+        cluster.stop()
 
     print(
         f"\nwrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, 127.0.0.1; "
-        f"the three GETs: median of {ROUNDS} alternating runs; podinfo on GOMAXPROCS=1, its\n"
+        f"the GETs: median of {ROUNDS} alternating runs; podinfo on GOMAXPROCS=1, its\n"
         f"GET /cache/{{key}} is EXISTS + GET and logs no line (ours logs one per request at info)\n"
     )
     header = f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
@@ -224,6 +249,15 @@ def main() -> None:
         f"RSS idle / loaded / peak  {idle_rss:.0f} / {loaded_rss:.0f} / {peak_rss:.0f} MB   "
         f"target <= {TARGETS['rss_mb']:.0f} MB  {verdict(peak_rss <= TARGETS['rss_mb'])}"
     )
+    for what, standalone, clustered_ in [
+        ("GET", results["GET one task"], results["GET (cluster)"]),
+        ("list (limit=20)", results["list (limit=20)"], results["list (cluster)"]),
+    ]:
+        print(
+            f"cluster vs standalone, {what}: {clustered_['rps'] / standalone['rps']:.2f}x req/s, "
+            f"p50 {clustered_['p50']:.2f} vs {standalone['p50']:.2f} ms, "
+            f"CPU/request {clustered_['cpu_us'] / standalone['cpu_us']:.2f}x"
+        )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from jobs.runtime import Command, JobFailed, Summary, UsageError
 from service.errors import StoreUnavailable
 from service.observability.logging import configure_logging
 from service.settings import ConfigError, env_name, load_settings
-from service.store.base import LayoutMismatch
+from service.store.base import LayoutMismatch, ShardCountMismatch
 
 log = logging.getLogger("tasks.jobs")
 
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary.update(exc.counts)
     except StoreUnavailable as exc:
         code, summary["error"] = 1, f"store unavailable ({exc})"
-    except LayoutMismatch as exc:
+    except (LayoutMismatch, ShardCountMismatch) as exc:
         code, summary["error"] = 1, str(exc)
     except Exception as exc:  # the summary line is still written, and the exit code tells
         log.exception("job failed")

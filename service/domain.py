@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -97,16 +98,24 @@ class IdGenerator:
         self._last_ms = 0
         self._last_random = 0
 
-    def new(self, at: datetime) -> str:
+    def new(self, at: datetime, accept: Callable[[str], bool] | None = None) -> str:
+        """The next id; with `accept`, the next one it accepts (about one in n of them, for a
+        store that needs the id in one of n shards)."""
         ms = int(at.timestamp() * 1000)
         with self._lock:
             if ms <= self._last_ms:
                 ms, random = self._last_ms, self._last_random + 1
             else:
                 random = int.from_bytes(os.urandom(10), "big")
+            while accept is not None and not accept(_encode(ms, random)):
+                random += 1
             self._last_ms, self._last_random = ms, random
-        value = (ms << 80) | (random & ((1 << 80) - 1))
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        return _encode(ms, random)
+
+
+def _encode(ms: int, random: int) -> str:
+    value = (ms << 80) | (random & ((1 << 80) - 1))
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 _ids = IdGenerator()
@@ -124,6 +133,11 @@ def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
         updated_at=now,
         completed_at=now if body.status is Status.done else None,
     )
+
+
+def with_new_id(task: Task, accept: Callable[[str], bool]) -> Task:
+    """The task under the next id `accept` takes (still after every id this process gave)."""
+    return task.model_copy(update={"id": _ids.new(task.created_at, accept)})
 
 
 def apply_patch(task: Task, patch: TaskPatch, now: datetime | None = None) -> Task:

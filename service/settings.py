@@ -56,7 +56,11 @@ class Settings(BaseSettings):
     metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9090
     host: str = "0.0.0.0"  # noqa: S104 (a container must listen on all interfaces)
     store: Literal["memory", "redis"] = "memory"
+    # cluster: a Redis Cluster (or a managed one in cluster mode); the URL names seed nodes.
+    redis_mode: Literal["standalone", "cluster"] = "standalone"
     redis_url: str = "redis://localhost:6379/0"
+    # Cluster mode: index shards, each under a hash tag of its own (fixed at first use).
+    redis_shards: Annotated[int, Field(ge=1, le=256)] = 16
     # An ACL user (not a secret); unset: the URL's user if any, else Redis's `default`.
     redis_username: Annotated[str, Field(max_length=256, pattern=r"^\S+$")] | None = None
     redis_password: SecretStr | None = None
@@ -117,24 +121,23 @@ class Settings(BaseSettings):
             raise ValueError(f"every key must be at least {API_KEY_MIN_LENGTH} characters")
         return value
 
+    @field_validator("redis_mode", mode="before")
+    @classmethod
+    def _lowercase_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str) -> str:
+    def _check_redis_url(cls, value: str, info: ValidationInfo) -> str:
         # Messages never include the URL: it may carry a password.
-        try:
-            parts = urlsplit(value)
-            port = parts.port
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError("scheme must be redis:// or rediss://")
-        if not parts.hostname:
-            raise ValueError("a host is required")
-        if port == 0:
-            raise ValueError("port must be 1-65535")
-        db = parts.path.strip("/")
-        if db and not db.isdigit():
-            raise ValueError("the path must be a database number, e.g. /0")
+        cluster = info.data.get("redis_mode") == "cluster"
+        urls = redis_urls(value)
+        if len(urls) > 1 and not cluster:
+            raise ValueError("names several nodes: only TASKS_REDIS_MODE=cluster takes a list")
+        for url in urls:
+            _check_one_url(url, cluster=cluster)
+        if len({urlsplit(url).scheme for url in urls}) > 1:
+            raise ValueError("every seed node needs the same scheme")
         return value
 
     @field_validator("cleanup_retention", mode="before")
@@ -153,6 +156,30 @@ class Settings(BaseSettings):
         if self.api_keys is None:
             return ()
         return split_api_keys(self.api_keys.get_secret_value())
+
+
+def redis_urls(value: str) -> list[str]:
+    """The node URLs in TASKS_REDIS_URL: one, or (cluster mode) a comma-separated list of seeds."""
+    return [url.strip() for url in value.split(",") if url.strip()] or [value]
+
+
+def _check_one_url(url: str, *, cluster: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("scheme must be redis:// or rediss://")
+    if not parts.hostname:
+        raise ValueError("a host is required")
+    if port == 0:
+        raise ValueError("port must be 1-65535")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError("the path must be a database number, e.g. /0")
+    if cluster and db not in ("", "0"):
+        raise ValueError("a cluster has database 0 only")
 
 
 def env_name(field: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import RedisServer, ServiceProcess, service_env
+from tests.support import RedisClusterServers, RedisServer, ServiceProcess, service_env
 
 FACTORS = {
     "I": "Codebase",
@@ -107,16 +107,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: igno
 # --- the service under test, in process, against each store ---------------------------------
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """One real Redis Cluster for the session (3 primaries, a replica each); tests keep apart
+    by key prefix."""
+    cluster = RedisClusterServers()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """Run the test once per store: the same behaviour is required of both (dev/prod parity)."""
+    """Run the test once per store: the same behaviour is required of all (dev/prod parity).
+    `cluster` is the Redis store in cluster mode, on the session's Redis Cluster."""
     return str(request.param)
 
 
 @pytest.fixture
 def make_settings(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    """Settings for an in-process app; `store="redis"` uses the session redis-server under a
-    key prefix of the test's own, so tests never see each other's data."""
+    """Settings for an in-process app; `store="redis"` uses the session redis-server and
+    `store="cluster"` the session Redis Cluster, under a key prefix of the test's own, so tests
+    never see each other's data."""
     from service.settings import Settings
 
     prefix = f"test:{uuid.uuid4().hex[:12]}:"
@@ -125,6 +137,9 @@ def make_settings(request: pytest.FixtureRequest):  # type: ignore[no-untyped-de
         values: dict[str, object] = {"store": store, "redis_key_prefix": prefix, **overrides}
         if store == "redis":
             values.setdefault("redis_url", request.getfixturevalue("redis_server").url)
+        elif store == "cluster":
+            values |= {"store": "redis", "redis_mode": "cluster"}
+            values.setdefault("redis_url", request.getfixturevalue("redis_cluster").url)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return make

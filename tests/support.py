@@ -81,9 +81,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "c
 class RedisServer:
     """A throwaway redis-server on a free loopback port; can be stopped and restarted in place."""
 
-    def __init__(self, password: str | None = None, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        password: str | None = None,
+        extra_args: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.binary = require_tool("redis-server", "make system-deps installs redis-server")
-        self.port = free_port()
+        self.port = port or free_port()
         self.password = password
         self.extra_args = extra_args or []
         self.dir = tempfile.mkdtemp(prefix="tasks-redis-")
@@ -149,6 +154,132 @@ class RedisServer:
 
     def flushall(self) -> None:
         self.client().flushall()
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free as well."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535 or port in taken or port + 10000 in taken:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """A real Redis Cluster on loopback: `primaries` redis-server primaries with `replicas`
+    replicas each, created by `redis-cli --cluster create`. Nodes keep their directory (and
+    nodes.conf), so a stopped node restarts as the same cluster member."""
+
+    NODE_TIMEOUT_MS = 3000  # how long a silent node takes to be failed over (loaded machines)
+
+    def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
+        self.cli = require_tool("redis-cli", "make system-deps installs redis-server")
+        self.primary_count = primaries
+        self.replicas = replicas
+        ports: set[int] = set()
+        for _ in range(primaries * (1 + replicas)):
+            ports.add(free_cluster_port(ports))
+        cluster_args = [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+        ]  # fmt: skip
+        self.nodes = [RedisServer(extra_args=cluster_args, port=port) for port in sorted(ports)]
+
+    @property
+    def url(self) -> str:
+        """TASKS_REDIS_URL in cluster mode: every node as a seed, comma-separated."""
+        return ",".join(f"redis://127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self) -> None:
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(
+                [self.cli, "--cluster", "create", *addresses,
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Until every running node says cluster_state:ok, sees every running node alive and
+        every other one failed, and all agree on which are the primaries and the replicas."""
+        running = {node.port for node in self.nodes if node.proc is not None}
+
+        def healthy() -> bool:
+            views = set()
+            for port in running:
+                try:
+                    with self.node(port).client() as c:
+                        if c.cluster("info")["cluster_state"] != "ok":
+                            return False
+                        seen = self._nodes_seen_by(c)
+                except redis.RedisError:
+                    return False
+                alive = {p for p, node in seen.items() if "fail" not in node["flags"]}
+                replicas = {p for p in alive if "slave" in seen[p]["flags"]}
+                views.add((frozenset(alive), frozenset(replicas)))
+            ((alive, replicas),) = views if len(views) == 1 else ((None, None),)
+            primaries = len(alive - replicas) if alive is not None and replicas is not None else 0
+            return alive == running and primaries == self.primary_count
+
+        wait_until(healthy, timeout=timeout, interval=0.1, what="the Redis Cluster to agree")
+
+    @staticmethod
+    def _nodes_seen_by(client: redis.Redis) -> dict[int, dict[str, Any]]:
+        """CLUSTER NODES as one node sees it: port -> its entry (flags, node_id, master_id,
+        slots)."""
+        nodes: dict[str, dict[str, Any]] = client.cluster("nodes")
+        return {int(address.split(":")[1].split("@")[0]): v for address, v in nodes.items()}
+
+    @classmethod
+    def _primaries_seen_by(cls, client: redis.Redis) -> list[int]:
+        return [
+            port
+            for port, node in cls._nodes_seen_by(client).items()
+            if "master" in node["flags"] and "fail" not in node["flags"] and node["slots"]
+        ]
+
+    def node(self, port: int) -> RedisServer:
+        return next(node for node in self.nodes if node.port == port)
+
+    def primaries(self) -> list[RedisServer]:
+        """The primaries that serve slots, as a running node sees them."""
+        seer = next(node for node in self.nodes if node.proc is not None)
+        with seer.client() as c:
+            return [self.node(port) for port in sorted(self._primaries_seen_by(c))]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        with primary.client() as c:
+            primary_id = str(c.execute_command("CLUSTER MYID"))
+            nodes = self._nodes_seen_by(c)
+        for port, node in nodes.items():
+            if node["master_id"] == primary_id and "fail" not in node["flags"]:
+                return self.node(port)
+        raise LookupError(f"no live replica of the primary on port {primary.port}")
+
+    def flushall(self) -> None:
+        for primary in self.primaries():
+            with primary.client() as c:
+                c.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def leftovers(self) -> list[int]:
+        """Ports of nodes still running (none after stop)."""
+        return [node.port for node in self.nodes if node.proc is not None]
 
 
 class ServiceProcess:

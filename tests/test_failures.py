@@ -446,6 +446,15 @@ def test_each_error_reply_has_its_reason_and_never_the_command(
     assert "secret" not in str(error) and "HSET" not in str(error)
 
 
+@pytest.mark.factor("IV")
+def test_a_cluster_client_that_ran_out_of_redirects_says_tryagain() -> None:
+    """redis-py's cluster client raises its own ClusterError ("TTL exhausted") when a slot is
+    still moving after its last attempt: a retry-later 503, like the TRYAGAIN reply itself."""
+    assert unavailable(redis.exceptions.ClusterError("TTL exhausted.")).reason is (
+        Unavailability.tryagain
+    )
+
+
 def test_a_timeout_is_told_apart_from_a_refused_connection() -> None:
     assert unavailable(TimeoutError()).reason is Unavailability.timeout
     assert unavailable(redis.ConnectionError("refused")).reason is Unavailability.connection

@@ -432,6 +432,7 @@ def test_every_error_type_has_exactly_one_problem_answer() -> None:
         "UnsupportedMediaType": ("POST",),
         "StoreUnavailable": (Unavailability.timeout,),
         "LayoutMismatch": (LayoutWindow(2, 2), BuildLayout(1, 1, 1)),
+        "ShardCountMismatch": (16, 8),
     }
     for error in leaves(TasksError) - {TasksError}:
         response = answer(error(*samples.get(error.__name__, ())))

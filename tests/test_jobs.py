@@ -66,7 +66,9 @@ def job_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Exactly the env a Job pod of this release would get."""
     return base_env(
         TASKS_STORE=settings.store,
+        TASKS_REDIS_MODE=settings.redis_mode,
         TASKS_REDIS_URL=settings.redis_url,
+        TASKS_REDIS_SHARDS=str(settings.redis_shards),
         TASKS_REDIS_KEY_PREFIX=settings.redis_key_prefix,
         **extra,
     )

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 import service
-from service.settings import API_KEY_MIN_LENGTH, ConfigError, Settings, env_name, load_settings
+from service.settings import (
+    API_KEY_MIN_LENGTH,
+    ConfigError,
+    Settings,
+    env_name,
+    load_settings,
+    redis_urls,
+)
 from tests.support import ROOT
 
 pytestmark = pytest.mark.factor("III")
@@ -40,6 +47,7 @@ def test_defaults_match_the_contract() -> None:
     assert settings.redis_username is None
     assert settings.redis_timeout_seconds == 1.0 and settings.redis_key_prefix == "tasks:"
     assert settings.redis_max_connections == 16
+    assert settings.redis_mode == "standalone" and settings.redis_shards == 16
     assert settings.max_body_bytes == 128 * 1024 and settings.max_header_bytes == 16 * 1024
     assert settings.api_key_list == () and settings.log_level == "info"
     assert settings.shutdown_delay_seconds == 0 and settings.graceful_timeout_seconds == 20
@@ -119,6 +127,10 @@ def test_empty_secrets_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TASKS_REDIS_URL", "redis://:hunter2@host:99999/0"),
         ("TASKS_REDIS_URL", "redis://:hunter2@/0"),
         ("TASKS_REDIS_URL", "redis://:hunter2@host/zero"),
+        ("TASKS_REDIS_URL", "redis://:hunter2@a:7000,redis://b:7001"),  # a list: cluster only
+        ("TASKS_REDIS_MODE", "sentinel"),
+        ("TASKS_REDIS_SHARDS", "0"),
+        ("TASKS_REDIS_SHARDS", "257"),
         ("PORT", "0"),
         ("TASKS_METRICS_PORT", "0"),
         ("TASKS_METRICS_PORT", "8080"),  # PORT's default: /metrics never shares the API's port
@@ -149,6 +161,28 @@ def test_rediss_urls_and_passwords_are_accepted(monkeypatch: pytest.MonkeyPatch)
     settings = load_settings()
     assert settings.redis_password is not None
     assert settings.redis_password.get_secret_value() == "secret"
+
+
+def test_cluster_mode_takes_seed_nodes_as_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKS_REDIS_MODE", "Cluster")
+    monkeypatch.setenv("TASKS_REDIS_URL", "redis://:pw@node-a:7000, redis://node-b:7001")
+    settings = load_settings()
+    assert settings.redis_mode == "cluster"
+    assert redis_urls(settings.redis_url) == ["redis://:pw@node-a:7000", "redis://node-b:7001"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["redis://:hunter2@node-a:7000/1", "redis://:hunter2@node-a:7000,rediss://node-b:7001"],
+)
+def test_cluster_mode_refuses_a_database_number_or_mixed_schemes(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("TASKS_REDIS_MODE", "cluster")
+    monkeypatch.setenv("TASKS_REDIS_URL", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert caught.value.variable == "TASKS_REDIS_URL" and "hunter2" not in str(caught.value)
 
 
 def test_env_example_lists_exactly_the_settings() -> None:

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from service.api.deps import lifecycle_of, settings_of, store_of
 from service.api.problems import RETRY_AFTER_SECONDS, problem
 from service.errors import StoreUnavailable, Unavailability
-from service.store.base import LayoutMismatch
+from service.store.base import LayoutMismatch, ShardCountMismatch
 
 router = APIRouter(tags=["operations"])
 
@@ -24,6 +24,9 @@ _READ_ONLY = frozenset({Unavailability.readonly, Unavailability.masterdown})
 @router.get(
     "/readyz",
     summary="Ready for traffic: store reachable and writable, its data layout served, not draining",
+    description="The store check: Redis answers and is a primary (`ROLE`); in cluster mode, the "
+    "cluster serves every slot (`CLUSTER INFO`, asked of one node) and the recorded shard count "
+    "is the configured one. Then the stored data layout admits this build.",
     responses={503: {"content": {"application/problem+json": {}}}},
 )
 async def readyz(request: Request) -> JSONResponse:
@@ -54,6 +57,13 @@ async def readyz(request: Request) -> JSONResponse:
                 "min_compatible": exc.stored.min_compatible,
                 "understood": exc.build.version,
             },
+        )
+    except ShardCountMismatch as exc:
+        return problem(
+            503,
+            title="Not ready",
+            detail=str(exc),
+            checks={"draining": False, "store": "shard-count-mismatch"},
         )
     return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
 

@@ -25,7 +25,7 @@ from service.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from service.store.base import LayoutMismatch
+from service.store.base import LayoutMismatch, ShardCountMismatch
 
 log = logging.getLogger("tasks.errors")
 
@@ -45,6 +45,7 @@ _STATUS: dict[type[TasksError], tuple[int, str, str]] = {
     StoreUnavailable: (503, "Store unavailable", "store-unavailable"),
     Overloaded: (503, "Overloaded", "overloaded"),
     LayoutMismatch: (503, "Data layout mismatch", "layout-mismatch"),
+    ShardCountMismatch: (503, "Shard count mismatch", "shard-count-mismatch"),
 }
 
 

@@ -22,19 +22,25 @@ def open_store(settings: Settings, *, socket_timeouts: bool = True) -> TaskStore
         from service.store.redis import RedisTaskStore, connect
 
         password = settings.redis_password
+        cluster = settings.redis_mode == "cluster"
+        shards = settings.redis_shards if cluster else 1
         client = connect(
             settings.redis_url,
             username=settings.redis_username,
             password=password.get_secret_value() if password is not None else None,
             timeout=settings.redis_timeout_seconds,
-            max_connections=settings.redis_max_connections,
+            # Cluster: per node, room for every operation to call each shard at once.
+            max_connections=settings.redis_max_connections * shards,
             socket_timeouts=socket_timeouts,
+            cluster=cluster,
         )
         return RedisTaskStore(
             client,
             prefix=settings.redis_key_prefix,
             timeout=settings.redis_timeout_seconds,
             layout=BUILD_LAYOUT,
+            shards=shards,
+            concurrency=settings.redis_max_connections,
         )
     from service.store.memory import MemoryTaskStore
 

@@ -65,6 +65,20 @@ class LayoutMismatch(TasksError):
         self.build = build
 
 
+class ShardCountMismatch(TasksError):
+    """Cluster mode: the data was sharded into another number of index shards than
+    TASKS_REDIS_SHARDS says. The count is fixed at first use (a task's shard follows from it), so
+    the store refuses rather than look for tasks in the wrong shards."""
+
+    def __init__(self, stored: int, configured: int) -> None:
+        super().__init__(
+            f"the data is in {stored} shards, TASKS_REDIS_SHARDS says {configured}: set it back "
+            f"to {stored}, or export, and import into an empty cluster"
+        )
+        self.stored = stored
+        self.configured = configured
+
+
 @dataclass(frozen=True, slots=True)
 class Idempotency:
     """Remember a create under `key` for `ttl_seconds`; `fingerprint` identifies its body."""
@@ -100,7 +114,8 @@ class TaskStore(Protocol):
     async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
         """Store a new task atomically. With `idempotency`, a repeat of the same key and body
         returns the task first created under that key and stores nothing; the same key with
-        another body raises `IdempotencyKeyReused`."""
+        another body raises `IdempotencyKeyReused`. The task stored is `Created.task`: a store
+        that places tasks by id may give it the next id that fits (Redis in cluster mode)."""
 
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""
@@ -135,7 +150,7 @@ class TaskStore(Protocol):
 
     async def put_many(self, tasks: Sequence[Task]) -> None:
         """Upsert the tasks exactly as given (every field kept, indexes consistent), as one
-        atomic batch."""
+        atomic batch (in a Redis Cluster: atomic per shard)."""
 
     async def layout(self) -> LayoutWindow | None:
         """The stored data layout and its window: None for an empty store that has none

@@ -130,8 +130,9 @@ async def _convert(store: RedisTaskStore, ids: list[str]) -> int:
                         task = _parse_v0(task_id, next(values))
                         tx.delete(key)
                         tx.hset(key, mapping=_to_hash(task))
-                        tx.zadd(keys.all, {task_id: 0})
-                        tx.zadd(keys.status(task.status), {task_id: 0})
+                        shard = keys.shard_of(task_id)  # standalone: the one shard
+                        tx.zadd(shard.all, {task_id: 0})
+                        tx.zadd(shard.status(task.status), {task_id: 0})
                         converted += 1
                     # "hash": already layout 1; "none": deleted, a stale id. Either way: done.
                     tx.srem(legacy, task_id)

@@ -10,6 +10,17 @@ Key space (every key starts with the configured prefix, default `tasks:`):
     <prefix>idempotency:<sha256>    "<body fingerprint>\\n<task json>", expiring after the TTL
     <prefix>lock:<name>             a job's lock: a random token, expiring (SET NX PX)
 
+Cluster mode (TASKS_REDIS_MODE=cluster, a RedisCluster client): the tasks are split into
+TASKS_REDIS_SHARDS index shards, each under a hash tag of its own, so that every key above but
+the metadata and the locks exists once per shard, as `<prefix>{s<k>.<i>}task:<id>`, `...index:all`
+and so on (`RedisKeys`). A task, its index entries and an idempotency record share one shard: the
+task's follows from its id, the record's from its key, and a create under a key takes an id in
+the key's shard. So every script below touches one slot. A listing reads every shard's newest
+`limit + 1` at once and merges them; the jobs' batches do the same, or run per shard. The
+metadata lives under `<prefix>{meta}:` (`layout`, `layout-min`, and `shards`: the count, fixed at
+first use; another count is refused with `ShardCountMismatch`). Standalone is the one-shard case
+under the names above.
+
 Every change is one Lua script (one round trip, atomic): create, the compare-and-set of a
 patch or a conditional delete, the batches of the jobs. Nothing WATCHes or opens a MULTI that
 a cancelled call would have to reset, so the timeout bounds each operation as a whole, waiting
@@ -34,36 +45,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool, parse_url
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     ConnectionError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 
-from service.domain import Page, Status, Task
+from service.domain import Page, Status, Task, with_new_id
 from service.errors import (
     IdempotencyKeyReused,
     StoreUnavailable,
     TaskNotFound,
     Unavailability,
 )
+from service.settings import redis_urls
 from service.store.base import (
     BuildLayout,
     Created,
@@ -71,14 +90,19 @@ from service.store.base import (
     IdList,
     LayoutMismatch,
     LayoutWindow,
+    ShardCountMismatch,
     TaskList,
 )
 
 T = TypeVar("T")
 _Rows = list[dict[str, str]]
+_Groups = list[tuple["ShardKeys", list[Task]]]  # tasks by shard
+_Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
 log = logging.getLogger("tasks.store")
 
-REDIS_FAILURES = (RedisError, TimeoutError)
+# A cluster client also raises RedisClusterException, which is not a RedisError: no seed node
+# answers, a slot that no node serves.
+REDIS_FAILURES = (RedisError, RedisClusterException, TimeoutError)
 """What a call to Redis raises when Redis cannot answer: give them to `unavailable`."""
 
 # Error replies that mean "not now" (the first word of the reply), and what they are called.
@@ -95,7 +119,11 @@ _REPLY_REASONS = {
 _ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
     (MasterDownError, "MASTERDOWN"),
     (ClusterDownError, "CLUSTERDOWN"),
+    (SlotNotCoveredError, "CLUSTERDOWN"),
     (TryAgainError, "TRYAGAIN"),
+    # The cluster client's "TTL exhausted": still redirected or told TRYAGAIN after its last
+    # attempt, i.e. a slot still moving.
+    (ClusterError, "TRYAGAIN"),
     (ReadOnlyError, "READONLY"),
     (BusyLoadingError, "LOADING"),
     (OutOfMemoryError, "OOM"),
@@ -103,6 +131,8 @@ _ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
 _PIPELINE_ANNOTATION = "caused error: "  # redis-py's prefix on a pipeline command's error
 _STALE_NODE = frozenset({Unavailability.readonly, Unavailability.masterdown})
 _ROLE_RECHECK_SECONDS = 1.0
+# A script's reply when a key it derives (not declares) has left the node: a slot migration.
+_NON_LOCAL_KEY = "Script attempted to access a non local key"
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
@@ -120,11 +150,14 @@ def unavailable(exc: BaseException) -> StoreUnavailable:
         reason = _REPLY_REASONS.get(code, Unavailability.error)
     elif isinstance(exc, TimeoutError):  # redis-py's TimeoutError, and asyncio.timeout's
         reason = Unavailability.timeout
-    elif isinstance(exc, ConnectionError):
+    elif isinstance(exc, ConnectionError | RedisClusterException):  # no node reachable
         reason = Unavailability.connection
     else:
         reason = Unavailability.error
     return StoreUnavailable(reason)
+
+
+RedisClient = aioredis.Redis | RedisCluster
 
 
 def connect(
@@ -135,55 +168,150 @@ def connect(
     username: str | None = None,
     max_connections: int = 16,
     socket_timeouts: bool = True,
-) -> aioredis.Redis:
+    cluster: bool = False,
+) -> RedisClient:
     """A client with its own pool; nothing connects until the first command. Connecting is
     bounded by `timeout`, and so is each socket read and write unless `socket_timeouts` is off
     (for callers that bound whole operations themselves, as RedisTaskStore does).
 
     The pool holds at most `max_connections`; a call that finds them all busy waits for one
     (at most `timeout`: RedisTaskStore's bound on the whole operation cuts it shorter) rather
-    than failing at once, so a burst queues instead of erroring."""
+    than failing at once, so a burst queues instead of erroring.
+
+    `cluster`: a RedisCluster client seeded by the URL's nodes (a comma-separated list of URLs;
+    the first one's credentials and options apply), which discovers the others, follows MOVED
+    and ASK, and refreshes its slot map after a failover. Its pools are per node, and a call
+    that finds one full fails rather than waits: size them for the fan-out (RedisTaskStore's
+    operations call every shard at once)."""
     options: dict[str, Any] = {
-        **parse_url(url),
+        **parse_url(url.split(",")[0].strip()),
         "socket_timeout": timeout if socket_timeouts else None,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 0),  # one bounded attempt: the caller answers 503
         "decode_responses": True,
-        "max_connections": max_connections,
-        "timeout": timeout,
     }
     if password is not None:
         options["password"] = password
     if username is not None:
         options["username"] = username
+    if cluster:
+        return _cluster_client(url, options, max_connections)
+    options |= {"max_connections": max_connections, "timeout": timeout}
+    options["retry"] = Retry(NoBackoff(), 0)  # one bounded attempt: the caller answers 503
     pool = BlockingConnectionPool(**options)
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
-class RedisKeys:
-    """Every key the store writes, in one place."""
+class _PatientCluster(RedisCluster):
+    # Attempts per command (redirects and TRYAGAIN replies; the latter half 50 ms apart). While
+    # a slot migrates, a script whose keys are split between the two nodes gets TRYAGAIN until
+    # the move completes: keep trying for about as long as the operation's own timeout allows
+    # (redis-py's 16 attempts give up after 0.4 s), rather than answer 503 early.
+    RedisClusterRequestTTL = 48
 
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.layout = f"{prefix}meta:layout"
-        self.layout_min = f"{prefix}meta:layout-min"
-        self.all = f"{prefix}index:all"
+
+def _cluster_client(url: str, options: dict[str, Any], max_connections: int) -> RedisCluster:
+    seeds = []
+    for node in redis_urls(url):
+        parts = parse_url(node)
+        seeds.append(ClusterNode(parts.get("host", "localhost"), parts.get("port", 6379)))
+    options.pop("db", None)
+    options.pop("host", None)
+    options.pop("port", None)
+    # No socket timeout: RedisTaskStore bounds every operation as a whole. A command that
+    # times out at the socket makes redis-py's cluster client disconnect the node's idle
+    # connections while other calls may be taking them (an AttributeError, not a RedisError).
+    options["socket_timeout"] = None
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    return _PatientCluster(
+        startup_nodes=seeds,
+        max_connections=max_connections,
+        # A few quick retries, each after the slot map is refreshed: the caller's timeout
+        # bounds them all, and a failover's MOVED is followed rather than answered with 503.
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 3),
+        # A MOVED updates the one slot's owner; redis-py's default also closes every
+        # connection on each fifth, failing the other calls in flight.
+        reinitialize_steps=0,
+        **options,
+    )
+
+
+SLOTS = 16384  # Redis Cluster's hash slots
+
+
+@functools.cache
+def shard_tag(shard: int, shards: int) -> str:
+    """The hash tag of index shard `shard` of `shards`: the first `s<shard>.<i>` whose slot lies
+    in the shard's share of the slot space, so shards spread over the nodes as evenly as the
+    slots do, whatever the prefix."""
+    salt = 0
+    while key_slot(f"s{shard}.{salt}".encode()) * shards // SLOTS != shard:
+        salt += 1
+    return f"{{s{shard}.{salt}}}"
+
+
+class ShardKeys:
+    """The keys of one index shard: its tasks, their indexes and idempotency records. In cluster
+    mode they share a hash tag (one slot), so every script on them is single-slot."""
+
+    def __init__(self, number: int, base: str) -> None:
+        self.number = number
+        self.base = base
+        self.all = f"{base}index:all"
 
     def task(self, task_id: str) -> str:
-        return f"{self.prefix}task:{task_id}"
+        return f"{self.base}task:{task_id}"
 
     def status(self, status: Status) -> str:
-        return f"{self.prefix}index:status:{status.value}"
+        return f"{self.base}index:status:{status.value}"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}idempotency:{hashlib.sha256(key.encode()).hexdigest()}"
+    def index(self, status: Status | None) -> str:
+        return self.all if status is None else self.status(status)
 
-    def lock(self, name: str) -> str:
-        return f"{self.prefix}lock:{name}"
+    def idempotency(self, digest: str) -> str:
+        return f"{self.base}idempotency:{digest}"
 
     def indexes(self) -> list[str]:
         """The id index and every status index (a delete removes the id from all of them)."""
         return [self.all, *(self.status(s) for s in Status)]
+
+
+class RedisKeys:
+    """Every key the store writes, in one place. Every key starts with the prefix (so an ACL key
+    pattern `~<prefix>*` covers them all).
+
+    Standalone: one shard, under the names the module docstring lists. Cluster: `shards` shards,
+    `<prefix>{s<k>.<i>}task:<id>` and so on (see `shard_tag`); a task lives in the shard its id
+    hashes to (CRC-32 modulo the count), an idempotency record in the one its key hashes to, and
+    the layout metadata under a tag of its own (`<prefix>{meta}:layout`, `:layout-min`, and
+    `:shards`, the count, fixed at first use)."""
+
+    def __init__(self, prefix: str, *, cluster: bool = False, shards: int = 1) -> None:
+        self.prefix = prefix
+        self.cluster = cluster
+        meta = f"{prefix}{{meta}}:" if cluster else f"{prefix}meta:"
+        self.layout = f"{meta}layout"
+        self.layout_min = f"{meta}layout-min"
+        self.shard_count = f"{meta}shards"  # cluster mode only
+        count = shards if cluster else 1
+        self.shards = [
+            ShardKeys(k, prefix + shard_tag(k, count) if cluster else prefix) for k in range(count)
+        ]
+
+    def shard_of(self, task_id: str) -> ShardKeys:
+        return self.shards[zlib.crc32(task_id.encode()) % len(self.shards)]
+
+    def task(self, task_id: str) -> str:
+        return self.shard_of(task_id).task(task_id)
+
+    def idempotency(self, key: str) -> tuple[ShardKeys, str]:
+        """The shard an Idempotency-Key belongs to, and its record's key there."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        shard = self.shards[zlib.crc32(digest.encode()) % len(self.shards)]
+        return shard, shard.idempotency(digest)
+
+    def lock(self, name: str) -> str:
+        return f"{self.prefix}lock:{name}"
 
 
 # What the Lua scripts share; each script sits in RedisTaskStore next to the operation that
@@ -216,19 +344,29 @@ class RedisTaskStore:
     `service.store.migrations.BUILD_LAYOUT`; tests pass others to act as other builds)."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str, timeout: float, layout: BuildLayout
+        self,
+        client: RedisClient,
+        *,
+        prefix: str,
+        timeout: float,
+        layout: BuildLayout,
+        shards: int = 1,
+        concurrency: int | None = None,
     ) -> None:
         self._redis = client
         self._build = layout
-        self._keys = RedisKeys(prefix)
+        self._cluster = isinstance(client, RedisCluster)
+        self._keys = RedisKeys(prefix, cluster=self._cluster, shards=shards)
         self._timeout = timeout
         # One operation per pooled connection at a time (an operation uses one connection at a
-        # time); the others queue here, first come first served, within their budget. Waiting
-        # here rather than in the pool means a call that runs out of time is cancelled while
-        # it holds no connection: under overload, connections are not torn down (each one
-        # cancelled mid-command must be), so the pool does not churn into a collapse.
-        pool_size = client.connection_pool.max_connections
-        self._slots = asyncio.Semaphore(pool_size)
+        # time, per shard); the others queue here, first come first served, within their
+        # budget. Waiting here rather than in the pool means a call that runs out of time is
+        # cancelled while it holds no connection: under overload, connections are not torn down
+        # (each one cancelled mid-command must be), so the pool does not churn into a collapse.
+        if concurrency is None:
+            assert isinstance(client, aioredis.Redis), "a cluster client's pools are per node"
+            concurrency = client.connection_pool.max_connections
+        self._slots = asyncio.Semaphore(concurrency)
         self._layout_checked_at: float | None = None
         self._role_checked_at: float | None = None
         # Registered once per process (the store is): each call runs EVALSHA, loading the
@@ -243,7 +381,7 @@ class RedisTaskStore:
         self._release_lock = client.register_script(self._RELEASE_LOCK)
 
     @property
-    def client(self) -> aioredis.Redis:
+    def client(self) -> RedisClient:
         """The Redis client (for migrations, which know older layouts)."""
         return self._redis
 
@@ -275,8 +413,11 @@ class RedisTaskStore:
 
     async def _drop_connections(self) -> None:
         """Close every pooled connection, so the next call connects (and resolves the
-        address) afresh: after a failover, a Service or DNS name leads to the new primary."""
+        address) afresh: after a failover, a Service or DNS name leads to the new primary.
+        (A cluster client follows failovers itself: it refreshes its slot map.)"""
         self._layout_checked_at = self._role_checked_at = None
+        if not isinstance(self._redis, aioredis.Redis):
+            return
         with contextlib.suppress(*REDIS_FAILURES, OSError):
             async with asyncio.timeout(self._timeout):
                 await self._redis.connection_pool.disconnect()
@@ -292,13 +433,22 @@ class RedisTaskStore:
 
     async def _check_role(self) -> None:
         """Refuse a replica (it would answer reads and fail every write), at most a second
-        stale: readiness probes come often, failovers rarely."""
+        stale: readiness probes come often, failovers rarely. In cluster mode, refuse a cluster
+        that does not serve every slot (CLUSTER INFO's cluster_state, asked of one node): the
+        client itself sends each call to the primary that holds its slot."""
         checked = self._role_checked_at
         if checked is not None and time.monotonic() - checked < _ROLE_RECHECK_SECONDS:
             return
-        role = await self._redis.role()
-        if role[0] != "master":
-            raise StoreUnavailable(Unavailability.readonly, "the store is a read-only replica")
+        if isinstance(self._redis, RedisCluster):
+            info = await self._redis.cluster_info(target_nodes=RedisCluster.RANDOM)
+            if info.get("cluster_state") != "ok":
+                raise StoreUnavailable(
+                    Unavailability.clusterdown, "the cluster does not serve every slot"
+                )
+        else:
+            role = await self._redis.role()
+            if role[0] != "master":
+                raise StoreUnavailable(Unavailability.readonly, "the store is a read-only replica")
         self._role_checked_at = time.monotonic()
 
     async def _check_layout(self) -> None:
@@ -313,6 +463,7 @@ class RedisTaskStore:
             )
             stored = await self._layout() or LayoutWindow(0, 0)
         self._layout_checked_at = None
+        await self._claim_shards()
         if not self._build.serves(stored):
             raise LayoutMismatch(stored, self._build)
         self._layout_checked_at = time.monotonic()
@@ -329,21 +480,41 @@ class RedisTaskStore:
     async def _layout(self) -> LayoutWindow | None:
         from service.store.migrations import legacy_data_present
 
-        current, floor = cast(
-            list[str | None], await self._redis.mget(self._keys.layout, self._keys.layout_min)
-        )
+        keys = self._keys
+        meta = [keys.layout, keys.layout_min, *([keys.shard_count] if self._cluster else [])]
+        current, floor, *shards = cast(list[str | None], await self._redis.mget(meta))
+        if shards and shards[0] is not None and int(shards[0]) != len(keys.shards):
+            raise ShardCountMismatch(int(shards[0]), len(keys.shards))
         if current is not None:
             # No floor: recorded before the window existed, when only one layout was served.
             return LayoutWindow(int(current), int(floor if floor is not None else current))
         return LayoutWindow(0, 0) if await legacy_data_present(self) else None
 
+    async def _claim_shards(self) -> None:
+        """Cluster mode: record the shard count if none is, and refuse data sharded otherwise
+        (its tasks would be looked for in the wrong shards)."""
+        if not self._cluster:
+            return
+        key, count = self._keys.shard_count, len(self._keys.shards)
+        await self._redis.set(key, count, nx=True)
+        stored = int(cast(str, await self._redis.get(key)))
+        if stored != count:
+            raise ShardCountMismatch(stored, count)
+
     async def set_layout(self, window: LayoutWindow) -> None:
+        await self._bounded(self._set_layout(window))
+
+    async def _set_layout(self, window: LayoutWindow) -> None:
+        await self._claim_shards()
         mapping = {self._keys.layout: window.current, self._keys.layout_min: window.min_compatible}
-        await self._bounded(self._redis.mset(mapping))
+        await self._redis.mset(mapping)
         self._layout_checked_at = None
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        if isinstance(self._redis, RedisCluster):
+            await self._redis.aclose()
+        else:
+            await self._redis.aclose(close_connection_pool=True)
 
     # Create, atomically, optionally under an Idempotency-Key.
     # KEYS: [1] the task's hash, [2] index:all, [3] its status index, [4] (with a key only) the
@@ -368,10 +539,17 @@ class RedisTaskStore:
 
     async def _create(self, task: Task, idempotency: Idempotency | None) -> Created:
         await self._guard_write()
-        keys = [self._keys.task(task.id), self._keys.all, self._keys.status(task.status)]
-        args: list[str | int] = [task.id, "", ""]
+        shard = self._keys.shard_of(task.id)
+        record = None
         if idempotency is not None:
-            keys.append(self._keys.idempotency(idempotency.key))
+            home, record = self._keys.idempotency(idempotency.key)
+            if home is not shard:  # the task takes an id in the key's shard: one slot, one script
+                task = with_new_id(task, lambda task_id: self._keys.shard_of(task_id) is home)
+                shard = home
+        keys = [shard.task(task.id), shard.all, shard.status(task.status)]
+        args: list[str | int] = [task.id, "", ""]
+        if idempotency is not None and record is not None:
+            keys.append(record)
             args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
             args[2] = idempotency.ttl_seconds
         for name, value in _to_hash(task).items():
@@ -399,8 +577,8 @@ class RedisTaskStore:
     # A listing page in one round trip, so the index and the hashes are read at one instant.
     # KEYS: [1] the index to read (index:all or one status index).
     # ARGV: [1] the upper bound ("+" or "(<id>"), [2] how many ids (the limit plus one),
-    #   [3] the task key prefix (`<prefix>task:`): task keys are derived here, not declared, which
-    #   a single Redis (our deployment) allows and a cluster would not.
+    #   [3] the shard's task key prefix (`<prefix>task:`, or `<prefix>{<tag>}task:`): task keys
+    #   are derived here, not declared, which Redis allows for keys in the declared key's slot.
     # Returns {ids, rows}: each row a flat HGETALL reply, empty for a task deleted meanwhile.
     _LIST = """
     local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, ARGV[2])
@@ -413,20 +591,41 @@ class RedisTaskStore:
         return await self._bounded(self._list(status, limit, before))
 
     async def _list(self, status: Status | None, limit: int, before: str | None) -> Page:
-        index = self._keys.all if status is None else self._keys.status(status)
+        # Each shard's newest `limit + 1` below the cursor, read at once: the page's newest
+        # `limit + 1` are among them, so merging keeps the keyset cursor exact across shards.
         upper = "+" if before is None else f"({before}"
-        ids, rows = cast(
-            tuple[list[str], list[list[str]]],
-            await self._list_script(keys=[index], args=[upper, limit + 1, self._keys.task("")]),
+        replies = await _each(
+            self._list_shard(shard, status, upper, limit + 1) for shard in self._keys.shards
         )
+        found = sorted((pair for reply in replies for pair in reply), reverse=True)[: limit + 1]
+        ids, rows = [i for i, _ in found], [row for _, row in found]
         has_more = len(ids) > limit
-        tasks = [_from_hash(dict(zip(row[::2], row[1::2], strict=True))) for row in rows[:limit]]
+        tasks = [_from_hash(row) for row in rows[:limit]]
         return Page(
             # A deleted task (empty row) is simply absent; a row is checked against the filter
             # as well, so the answer can only hold tasks that have the status asked for.
             items=[t for t in tasks if status is None or t.status is status],
             next_cursor=ids[limit - 1] if has_more else None,
         )
+
+    async def _list_shard(
+        self, shard: ShardKeys, status: Status | None, upper: str, count: int
+    ) -> _Found:
+        """One shard's newest `count` ids below `upper`, each with its hash (empty if deleted)."""
+        index = shard.index(status)
+        try:
+            reply = await self._list_script(keys=[index], args=[upper, count, shard.task("")])
+        except ResponseError as exc:
+            if not str(exc).startswith(_NON_LOCAL_KEY):
+                raise
+            # The shard's slot is being migrated, and some of its keys have moved: read the
+            # index, then each hash, one key per command (the client follows each ASK).
+            found = cast(list[str], await self._redis.zrevrangebylex(index, upper, "-", 0, count))
+            hashes = await _each(self._redis.hgetall(shard.task(i)) for i in found) if found else []
+            return list(zip(found, cast(list[dict[str, str]], hashes), strict=True))
+        ids, flat = cast(tuple[list[str], list[list[str]]], reply)
+        rows = [dict(zip(row[::2], row[1::2], strict=True)) for row in flat]
+        return list(zip(ids, rows, strict=True))
 
     # Compare-and-set of a patch: write the new fields only if the hash still holds every field
     # as read.
@@ -462,7 +661,8 @@ class RedisTaskStore:
 
     async def _update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
         await self._guard_write()
-        key = self._keys.task(task_id)
+        shard = self._keys.shard_of(task_id)
+        key = shard.task(task_id)
         while True:  # until the compare-and-set finds the task as read (bounded by the timeout)
             fields = cast(dict[str, str], await self._redis.hgetall(key))
             if not fields:
@@ -471,7 +671,7 @@ class RedisTaskStore:
             new = change(current)
             if new is current:
                 return current
-            keys = [key, self._keys.status(current.status), self._keys.status(new.status)]
+            keys = [key, shard.status(current.status), shard.status(new.status)]
             args = [task_id, *(fields.get(name, "") for name in _FIELDS), *_field_values(new)]
             written = await self._update_script(keys=keys, args=args)
             if written == 0:
@@ -504,8 +704,9 @@ class RedisTaskStore:
 
     async def _delete(self, task_id: str, check: Callable[[Task], None] | None) -> None:
         await self._guard_write()
-        key = self._keys.task(task_id)
-        keys = [key, *self._keys.indexes()]
+        shard = self._keys.shard_of(task_id)
+        key = shard.task(task_id)
+        keys = [key, *shard.indexes()]
         while True:  # a conditional delete retries while the task keeps changing under it
             args = [task_id]
             if check is not None:
@@ -523,10 +724,16 @@ class RedisTaskStore:
     # --- for the admin jobs ---------------------------------------------------------------
 
     async def scan_ids(self, *, status: Status | None, after: str | None, limit: int) -> IdList:
-        index = self._keys.all if status is None else self._keys.status(status)
+        return await self._bounded(self._scan_ids(status, after, limit))
+
+    async def _scan_ids(self, status: Status | None, after: str | None, limit: int) -> IdList:
+        # Each shard's first `limit` above the cursor (at most shards x limit ids in memory).
         lower = "-" if after is None else f"({after}"
-        call = self._redis.zrangebylex(index, lower, "+", start=0, num=limit)
-        return cast(IdList, await self._bounded(call))
+        batches = await _each(
+            self._redis.zrangebylex(shard.index(status), lower, "+", start=0, num=limit)
+            for shard in self._keys.shards
+        )
+        return sorted(i for batch in batches for i in cast(IdList, batch))[:limit]
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         if not task_ids:
@@ -568,15 +775,28 @@ class RedisTaskStore:
 
     async def _delete_unchanged_batch(self, tasks: Sequence[Task]) -> IdList:
         await self._guard_write()
-        keys = [*self._keys.indexes(), *(self._keys.task(t.id) for t in tasks)]
+        return [
+            i
+            for ids in await _each(self._delete_in(s, ts) for s, ts in self._by_shard(tasks))
+            for i in ids
+        ]
+
+    async def _delete_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> IdList:
+        keys = [*shard.indexes(), *(shard.task(t.id) for t in tasks)]
         args: list[str] = []
         for task in tasks:
             fields = _to_hash(task)
             args += [task.id, fields["status"], fields["updated_at"], fields["completed_at"]]
-        deleted = await self._delete_unchanged(keys=keys, args=args)
-        return cast(IdList, deleted)
+        return cast(IdList, await self._delete_unchanged(keys=keys, args=args))
 
-    # Upsert tasks exactly as given, indexes kept consistent, as one atomic batch.
+    def _by_shard(self, tasks: Sequence[Task]) -> _Groups:
+        """The tasks grouped by shard: a batch script runs once per shard (one slot each)."""
+        groups: dict[int, list[Task]] = {}
+        for task in tasks:
+            groups.setdefault(self._keys.shard_of(task.id).number, []).append(task)
+        return [(self._keys.shards[number], group) for number, group in groups.items()]
+
+    # Upsert tasks exactly as given, indexes kept consistent, as one atomic batch (per shard).
     # KEYS: the index keys (_INDEXES of them), then one task hash per task.
     # ARGV: per task, its status index's position in KEYS (2 on), then its fields in _FIELDS order.
     # Returns how many tasks it wrote.
@@ -613,14 +833,17 @@ class RedisTaskStore:
 
     async def _put_many(self, tasks: Sequence[Task]) -> None:
         await self._guard_write()
-        indexes = self._keys.indexes()  # all, then one per status in Status order
-        position = {status: indexes.index(self._keys.status(status)) + 1 for status in Status}
+        await _each(self._put_in(shard, group) for shard, group in self._by_shard(tasks))
+
+    async def _put_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> None:
+        indexes = shard.indexes()  # all, then one per status in Status order
+        position = {status: indexes.index(shard.status(status)) + 1 for status in Status}
         keys, args = list(indexes), list[str | int]()
         for task in tasks:
             fields = _to_hash(task)
-            keys.append(self._keys.task(task.id))
+            keys.append(shard.task(task.id))
             args += [position[task.status], *(fields[name] for name in _FIELDS)]
-        await self._put(keys=keys, args=args)  # one script: the batch is atomic
+        await self._put(keys=keys, args=args)  # one script: the shard's part is atomic
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
         token = secrets.token_hex(16)
@@ -649,6 +872,24 @@ class RedisTaskStore:
     async def release_lock(self, name: str, token: str) -> bool:
         call = self._release_lock(keys=[self._keys.lock(name)], args=[token])
         return bool(await self._bounded(call))
+
+
+async def _each(calls: Iterable[Awaitable[T]]) -> list[T]:
+    """Await the calls at once (one per shard); the first failure cancels the rest and is
+    raised as itself, so callers see a Redis error rather than an exception group."""
+    pending = list(calls)
+    if len(pending) == 1:
+        return [await pending[0]]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(call)) for call in pending]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(call: Awaitable[T]) -> T:
+    return await call
 
 
 def _ms(seconds: float) -> int:

@@ -393,6 +393,32 @@ def test_app_points_at_the_redis_the_subchart_renders(
 
 
 @pytest.mark.factor("IV")
+def test_an_external_redis_cluster_renders_cluster_mode_seed_nodes_and_shards_the_app_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service.settings import load_settings
+
+    seeds = "rediss://node-a.example.com:6379,rediss://node-b.example.com:6379"
+    r = rendered(
+        sets=(
+            "redis.enabled=false",
+            "externalRedis.mode=cluster",
+            f"externalRedis.url={seeds.replace(',', chr(92) + ',')}",
+            "externalRedis.shards=32",
+            "networkPolicy.restrictEgress=false",
+        )
+    )
+    data = r.get("ConfigMap", "tasks")["data"]
+    assert data["TASKS_REDIS_MODE"] == "cluster" and data["TASKS_REDIS_URL"] == seeds
+    assert data["TASKS_REDIS_SHARDS"] == "32"
+    assert rendered().get("ConfigMap", "tasks")["data"]["TASKS_REDIS_MODE"] == "standalone"
+    for name, value in data.items():  # the app starts with exactly this config
+        monkeypatch.setenv(name, value)
+    settings = load_settings(_env_file=None)
+    assert (settings.redis_mode, settings.redis_shards) == ("cluster", 32)
+
+
+@pytest.mark.factor("IV")
 def test_external_redis_changes_only_the_redis_address_user_and_password() -> None:
     url = "rediss://managed.example.com:6380/0"
     external = rendered(

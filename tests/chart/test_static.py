@@ -105,6 +105,8 @@ BAD_VALUES = [
     ("service.port=70000", ["port"]),
     ("autoscaling.enabled=yes please", ["enabled"]),
     ("externalRedis.url=http://x:6379", ["url"]),
+    ("externalRedis.mode=sentinel", ["mode"]),
+    ("externalRedis.shards=0", ["shards"]),
     ("redis.bogus=1", ["bogus"]),
     ("redis.auth.enabled=maybe", ["enabled"]),
     ("redis.config.extra=requirepass in-a-configmap", ["extra"]),
@@ -152,6 +154,13 @@ def test_external_redis_without_url_is_refused() -> None:
     result = run_helm(["template", "tasks", str(CHART), "--set", "redis.enabled=false"])
     assert result.returncode != 0
     assert "externalRedis.url is required" in result.stderr
+
+
+@pytest.mark.factor("IV")
+def test_cluster_mode_with_the_bundled_single_node_redis_is_refused() -> None:
+    result = run_helm(["template", "tasks", str(CHART), "--set", "externalRedis.mode=cluster"])
+    assert result.returncode != 0
+    assert "externalRedis.mode=cluster needs redis.enabled=false" in result.stderr
 
 
 def _schema_node(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:

@@ -188,6 +188,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: redis
 {{- end }}
 
+{{/* TASKS_REDIS_MODE: the bundled Redis is one node; an external one may be a cluster. */}}
+{{- define "tasks.redis.mode" -}}
+{{- if and .Values.redis.enabled (eq .Values.externalRedis.mode "cluster") }}
+{{- fail "externalRedis.mode=cluster needs redis.enabled=false: the bundled Redis is a single node" }}
+{{- end }}
+{{- .Values.externalRedis.mode }}
+{{- end }}
+
 {{/* TASKS_REDIS_URL: the bundled Redis Service, or externalRedis.url (factor IV: only this changes). */}}
 {{- define "tasks.redis.url" -}}
 {{- if .Values.redis.enabled }}
@@ -262,7 +270,9 @@ PORT: {{ .Values.containerPort | quote }}
 TASKS_METRICS_PORT: {{ .Values.metrics.port | quote }}
 TASKS_HOST: {{ .Values.config.host | quote }}
 TASKS_STORE: "redis"
+TASKS_REDIS_MODE: {{ include "tasks.redis.mode" . | quote }}
 TASKS_REDIS_URL: {{ include "tasks.redis.url" . | quote }}
+TASKS_REDIS_SHARDS: {{ .Values.externalRedis.shards | toString | quote }}
 TASKS_REDIS_USERNAME: {{ include "tasks.redis.username" . | quote }}
 TASKS_REDIS_TIMEOUT_SECONDS: {{ .Values.config.redisTimeoutSeconds | toString | quote }}
 TASKS_REDIS_MAX_CONNECTIONS: {{ .Values.config.redisMaxConnections | toString | quote }}
