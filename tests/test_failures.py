@@ -447,6 +447,33 @@ def test_each_error_reply_has_its_reason_and_never_the_command(
 
 
 @pytest.mark.factor("IV")
+def test_a_write_on_a_socket_uvloop_already_closed_is_a_lost_connection(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """redis-py's cluster client may write on a pooled connection whose node just went away;
+    under uvloop that is a RuntimeError, not redis-py's ConnectionError: still a 503, while any
+    other RuntimeError (a bug) is not hidden."""
+    from service.errors import StoreUnavailable
+    from service.store import open_store
+
+    async def run() -> None:
+        store = open_store(make_settings("redis"))
+        closed = "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+
+        async def fails(message: str) -> None:
+            raise RuntimeError(message)
+
+        try:
+            with pytest.raises(StoreUnavailable) as lost:
+                await store._bounded(fails(closed))  # type: ignore[attr-defined]
+            assert lost.value.reason is Unavailability.connection
+            with pytest.raises(RuntimeError, match="a bug"):
+                await store._bounded(fails("a bug"))  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.factor("IV")
 def test_a_cluster_client_that_ran_out_of_redirects_says_tryagain() -> None:
     """redis-py's cluster client raises its own ClusterError ("TTL exhausted") when a slot is
     still moving after its last attempt: a retry-later 503, like the TRYAGAIN reply itself."""

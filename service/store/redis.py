@@ -128,6 +128,10 @@ _ERROR_CLASSES = (  # most specific first: MasterDownError is a ClusterDownError
     (BusyLoadingError, "LOADING"),
     (OutOfMemoryError, "OOM"),
 )
+# uvloop's error for a write on a socket already closed. The cluster client can hand out a pooled
+# connection whose node has just gone (a primary shut down) and expects asyncio's own
+# ConnectionError there; this is the same lost connection.
+_LOST_TRANSPORT = "the handler is closed"
 _PIPELINE_ANNOTATION = "caused error: "  # redis-py's prefix on a pipeline command's error
 _STALE_NODE = frozenset({Unavailability.readonly, Unavailability.masterdown})
 _ROLE_RECHECK_SECONDS = 1.0
@@ -404,6 +408,10 @@ class RedisTaskStore:
             error = unavailable(exc)
         except StoreUnavailable as exc:  # the ROLE check's verdict
             error = exc
+        except RuntimeError as exc:
+            if _LOST_TRANSPORT not in str(exc):
+                raise
+            error = StoreUnavailable(Unavailability.connection)
         finally:
             if isinstance(operation, Coroutine):
                 operation.close()  # one that timed out waiting for its turn never started
