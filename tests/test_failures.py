@@ -436,6 +436,7 @@ def test_a_cluster_that_serves_no_slot_answers_clusterdown_as_503(
         ("WRONGTYPE Operation against a key holding the wrong kind of value", Unavailability.error),
     ],
 )
+@pytest.mark.factor("IV")
 def test_each_error_reply_has_its_reason_and_never_the_command(
     reply: str, reason: Unavailability
 ) -> None:
@@ -446,6 +447,7 @@ def test_each_error_reply_has_its_reason_and_never_the_command(
     assert "secret" not in str(error) and "HSET" not in str(error)
 
 
+@pytest.mark.factor("IV")
 def test_a_timeout_is_told_apart_from_a_refused_connection() -> None:
     assert unavailable(TimeoutError()).reason is Unavailability.timeout
     assert unavailable(redis.ConnectionError("refused")).reason is Unavailability.connection

@@ -135,7 +135,7 @@ def _store_series(metrics: Metrics, name: str) -> dict[str, float]:
     return samples
 
 
-@pytest.mark.factor("XI")
+@pytest.mark.factor("IV")
 def test_instrumented_store_implements_and_times_every_protocol_operation(
     store_kind: str, make_settings
 ) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +175,7 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
     assert all(count >= 1 for count in timed.values())
 
 
-@pytest.mark.factor("XI")
+@pytest.mark.factor("IV")
 def test_instrumented_store_counts_operations_that_found_the_store_down() -> None:
     class Down(MemoryTaskStore):
         async def get_many(self, task_ids: Sequence[str]) -> TaskList:

@@ -117,6 +117,7 @@ def test_kustomize_maxmemory_is_the_charts_default_for_the_same_limit() -> None:
     assert kustomize == chart
 
 
+@pytest.mark.factor("IV")
 def test_chart_refuses_a_maxmemory_at_the_memory_limit() -> None:
     helm = require_tool("helm", "make tools builds the pinned helm")
     chart = KUSTOMIZE_DIR.parent / "helm" / "tasks"

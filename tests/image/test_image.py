@@ -126,7 +126,7 @@ def test_venv_holds_exactly_the_locked_dependencies(image_rootfs: ImageRootfs) -
     assert installed == locked
 
 
-@pytest.mark.factor("II")
+@pytest.mark.factor("V")
 def test_no_compiler_and_no_pip_in_the_runtime(image_rootfs: ImageRootfs) -> None:
     for tool in ("gcc", "cc", "c++", "make"):
         assert not (image_rootfs.path / "usr/bin" / tool).exists(), tool
@@ -233,6 +233,7 @@ def _leaks(layers: list[Layer], secret: BuildSecret) -> list[str]:
     return found
 
 
+@pytest.mark.harness
 def test_layer_scan_finds_a_planted_secret(build_secret: BuildSecret, tmp_path: Path) -> None:
     """The scan below can only pass honestly if it would fail on a leak: plant each kind."""
     secret = build_secret.path.read_bytes()

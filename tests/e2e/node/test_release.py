@@ -287,6 +287,7 @@ def test_upgrade_pod_deletion_and_rollback_under_load_fail_no_request(api, helm,
     assert not missing
 
 
+@pytest.mark.harness
 def test_the_namespace_enforces_restricted_pod_security(kubectl, release):
     """Admission enforces PSS here for real: a privileged pod is refused in this namespace."""
     labels = get_json(kubectl, "namespace", release)["metadata"]["labels"]
