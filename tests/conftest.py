@@ -55,6 +55,17 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         process.stop()
 
 
+@pytest.fixture(autouse=True)
+def _clean_session_redis(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's redis-server is empty again after every test that used it (keys under a
+    test's own prefix included), so no test sees another's data and none grows the next."""
+    yield
+    if "redis_server" in request.fixturenames:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if server.proc is not None:
+            server.flushall()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test proves a factor (it would fail were the factor broken) or is a test of the
     harness; the markers become JUnit properties, which `make factors` reads."""

@@ -41,8 +41,9 @@ pytestmark = pytest.mark.timeout(120)
 PROBLEM = "application/problem+json"
 TIMEOUT = 0.5  # TASKS_REDIS_TIMEOUT_SECONDS in these tests
 # Slack on top of the timeout for an answer to reach the test: HTTP on loopback and scheduling on
-# a loaded 2-core machine. Measured: the slowest answer took the timeout + 0.05 s.
-MARGIN = 0.75
+# a loaded 2-core machine, whose scheduler alone can stall a process for a second. Measured idle:
+# the slowest answer took the timeout + 0.07 s; the margin only has to tell a bound from a hang.
+MARGIN = 1.5
 SECRET_TITLE = "title-that-must-never-be-logged"
 
 

@@ -4,6 +4,7 @@ export/import, their summaries, logs and exit codes."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,15 @@ from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new
 from service.settings import Settings
 from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION
-from tests.support import ROOT, RedisServer, base_env, free_port, with_store
+from tests.support import (
+    ROOT,
+    LineReader,
+    RedisServer,
+    base_env,
+    empty_cwd,
+    free_port,
+    with_store,
+)
 
 T = TypeVar("T")
 SUMMARY_VALUES = (str, int, float, bool, type(None))
@@ -92,8 +101,8 @@ def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float 
     with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
         result = subprocess.run(
             [sys.executable, "-c", _MEASURE, rss.name, *args],
-            env=env,
-            cwd=ROOT,
+            env={"PYTHONPATH": str(ROOT), **env},
+            cwd=empty_cwd(),
             input=stdin,
             capture_output=True,
             timeout=timeout,
@@ -107,8 +116,8 @@ def start_job(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """`python -m jobs ...` in the background, its stdout and stderr piped as text."""
     return subprocess.Popen(
         [sys.executable, "-m", "jobs", *args],
-        env=env,
-        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), **env},
+        cwd=empty_cwd(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -261,24 +270,27 @@ def test_cleanup_purges_tens_of_thousands_in_batches_with_flat_memory(
 def test_a_second_cleanup_while_one_runs_skips_and_exits_zero(
     settings: Settings, env: dict[str, str]
 ) -> None:
-    seed(settings, [done_task(timedelta(days=30)) for _ in range(3000)])
-    # The first run walks in batches of one, so it is still working when the second starts.
+    seed(settings, [done_task(timedelta(days=30)) for _ in range(300)])
     first = start_job(env, "cleanup", "--batch-size", "1")
     try:
-        assert first.stderr is not None
-        for line in first.stderr:  # wait for the event, not for a while
-            if json.loads(line)["msg"] == "cleanup started":
-                break
-        second = run_job(env, "cleanup")
-        out, _ = first.communicate(timeout=120)
+        assert first.stderr is not None and first.stdout is not None
+        log = LineReader(first.stderr)
+        log.until(lambda line: json.loads(line)["msg"] == "cleanup started", timeout=60)
+        # Paused while it holds the lock, however fast this machine would have finished it.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = run_job(env, "cleanup")
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=120) == 0
+        out = first.stdout.read()
     finally:
         first.kill()
         first.wait()
     assert second.code == 0, second.stderr
     assert second.summary["skipped"] == "locked" and second.summary["deleted"] == 0
     assert "another cleanup holds the lock" in second.stderr
-    assert first.returncode == 0
-    assert json.loads(out.splitlines()[-1])["deleted"] == 3000
+    assert json.loads(out.splitlines()[-1])["deleted"] == 300
     # The lock was released: the next run acts (and finds nothing left).
     third = run_job(env, "cleanup")
     assert third.code == 0 and "skipped" not in third.summary
@@ -451,12 +463,12 @@ def test_migrate_waits_for_redis_to_come_up(make_settings) -> None:  # type: ign
     settings = make_settings("redis", redis_url=server.url)
     proc = start_job(job_env(settings), "migrate", "--wait", "60")
     try:
-        assert proc.stderr is not None
-        first_log = json.loads(proc.stderr.readline())
+        assert proc.stderr is not None and proc.stdout is not None
+        first_log = json.loads(LineReader(proc.stderr).next(timeout=60))
         assert first_log["msg"] == "waiting for the store"
         server.start()
-        out, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0
+        assert proc.wait(timeout=60) == 0
+        out = proc.stdout.read()
         assert json.loads(out.splitlines()[-1])["to"] == LAYOUT_VERSION
     finally:
         proc.kill()

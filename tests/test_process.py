@@ -26,6 +26,11 @@ from tests.support import (
 )
 
 PROBLEM = "application/problem+json"
+# "Fast" means well short of a hang or a client's own timeout, with room for a loaded 2-core
+# machine; bench/ measures the real figures (a refused store answers in milliseconds).
+FAST = 5.0
+# The shutdown delay of the drain test: long enough that a loaded machine flips readiness within it.
+DELAY = 3.0
 
 
 def in_flight(service: ServiceProcess) -> float:
@@ -176,7 +181,7 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closi
 ) -> None:
     service = start_service(
         **redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="15"),
-        TASKS_SHUTDOWN_DELAY_SECONDS="1",
+        TASKS_SHUTDOWN_DELAY_SECONDS=str(DELAY),
     )
     location = httpx.post(service.base_url + "/v1/tasks", json={"title": "slow"}).headers[
         "location"
@@ -191,11 +196,11 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closi
         signalled = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
         readyz = httpx.get(service.base_url + "/readyz")
-        assert time.monotonic() - signalled < 1.0, "readyz must flip at once, within the delay"
+        assert time.monotonic() - signalled < DELAY, "readyz must flip at once, within the delay"
         assert readyz.status_code == 503 and "draining" in readyz.json()["detail"]
 
         wait_until(lambda: not accepts_connections(service.port), timeout=5, what="listener closed")
-        assert time.monotonic() - signalled >= 1.0, "the listener stayed open for the delay"
+        assert time.monotonic() - signalled >= DELAY, "the listener stayed open for the delay"
         assert not slow.done()
         assert in_flight(service) == 1, "the metrics listener outlives the API's, drain included"
         os.kill(private_redis.proc.pid, signal.SIGCONT)
@@ -229,10 +234,10 @@ def test_a_second_sigint_exits_at_once(start_service: StartService) -> None:
     service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="60")
 
     service.proc.send_signal(signal.SIGINT)
-    wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, timeout=2)
+    wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, timeout=10)
     service.proc.send_signal(signal.SIGINT)
 
-    assert service.proc.wait(timeout=3) == 130
+    assert service.proc.wait(timeout=10) == 130  # not the 60 s delay
 
 
 # --- backing service outage (IV, IX) --------------------------------------------------------
@@ -250,13 +255,13 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
 
     for method, path in [("GET", location), ("POST", "/v1/tasks"), ("GET", "/v1/tasks")]:
         started = time.monotonic()
-        response = httpx.request(method, url + path, json={"title": "during"}, timeout=5)
-        assert time.monotonic() - started < 1.0
+        response = httpx.request(method, url + path, json={"title": "during"}, timeout=30)
+        assert time.monotonic() - started < FAST, (method, path)
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     started = time.monotonic()
-    readyz = httpx.get(url + "/readyz", timeout=5)
+    readyz = httpx.get(url + "/readyz", timeout=30)
     assert readyz.status_code == 503 and "store" in readyz.json()["detail"]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < FAST
     assert httpx.get(url + "/livez").status_code == 200
 
     private_redis.start()  # same port, empty data
@@ -299,8 +304,8 @@ def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
     wait_until(lambda: accepts_connections(wrong.port), timeout=15, what="the listener")
     for path in ("/readyz", "/v1/tasks"):
         started = time.monotonic()
-        response = httpx.get(wrong.base_url + path, timeout=5)
-        assert time.monotonic() - started < 1.0 + 0.75, path  # the timeout, and margin
+        response = httpx.get(wrong.base_url + path, timeout=30)
+        assert time.monotonic() - started < FAST, path
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     assert "tasks-password" not in wrong.output()
 

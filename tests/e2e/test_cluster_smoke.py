@@ -12,7 +12,8 @@ import pytest
 from tests.e2e.cluster import controlplane, kwok
 from tests.e2e.kube import get_json, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first test also starts the cluster when none is up; helm --wait allows minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 IMAGE = "registry.invalid/tasks:e2e"  # never pulled: kwok runs no containers
 

@@ -22,7 +22,8 @@ from tests.image.artifacts import BuildSecret, BuiltImage, Layer
 from tests.image.runner import ImageRootfs, resolve_user
 from tests.support import ROOT, RedisServer, ServiceProcess, free_port
 
-pytestmark = [pytest.mark.image]
+# The first test pays for the image build (a cold build takes minutes on a loaded machine).
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 SHUTDOWN_DELAY = 1.0
 SHUTDOWN_GRACE = 10.0
@@ -96,6 +97,13 @@ def test_release_metadata_is_in_labels_and_env(
     assert config.env["TASKS_VERSION"] == args["VERSION"]
     assert config.env["TASKS_GIT_REVISION"] == args["GIT_REVISION"]
     assert config.env["TASKS_BUILD_DATE"] == args["BUILD_DATE"]
+
+
+@pytest.mark.factor("V")
+def test_the_build_adds_no_label_or_env_of_its_own() -> None:
+    """The metadata test above reads what the Dockerfile alone made of the build args."""
+    script = (ROOT / "tests" / "image" / "build.sh").read_text()
+    assert not re.search(r"--(label|env)\b", script)
 
 
 @pytest.mark.factor("II")

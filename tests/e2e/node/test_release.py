@@ -19,7 +19,8 @@ import pytest
 from tests.e2e.kube import CHART, get_json, wait_until
 from tests.e2e.node.conftest import FACTS
 
-pytestmark = pytest.mark.node
+# Installs wait for real pods; the rollout tests run load for minutes.
+pytestmark = [pytest.mark.node, pytest.mark.timeout(900)]
 
 NODE_VALUES = CHART / "ci" / "node-values.yaml"
 RELEASE = "tasks"
