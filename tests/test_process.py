@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -355,3 +356,112 @@ def test_stdout_is_json_lines_with_one_access_line_per_request(
     assert by_id["req-42"]["status"] == 201
     assert by_id[generated]["route"] == "/v1/tasks/{task_id}"
     assert by_id[generated]["status"] == 200 and by_id[generated]["duration_ms"] >= 0
+
+
+# --- README claims: bounds, secrets, where logs go ------------------------------------------
+
+
+@pytest.mark.factor("III")
+def test_a_config_error_exits_before_any_port_is_bound(tmp_path: Path) -> None:
+    """Both ports are held by the test: a process that bound before validating its settings
+    would fail on the bind, not with the config error."""
+    with socket.socket() as api, socket.socket() as metrics:
+        for held in (api, metrics):
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+        env = service_env(
+            PORT=str(api.getsockname()[1]),
+            TASKS_METRICS_PORT=str(metrics.getsockname()[1]),
+            TASKS_LOG_LEVEL="loud",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "service"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("config error: ")
+    ]
+    assert "TASKS_LOG_LEVEL" in result.stderr and "in use" not in result.stderr.lower()
+
+
+GRACE = 2  # TASKS_GRACEFUL_TIMEOUT_SECONDS of the test below
+
+
+@pytest.mark.factor("IX")
+def test_draining_is_bounded_by_the_graceful_timeout(
+    private_redis: RedisServer, start_service: StartService
+) -> None:
+    """A request that would take a minute (Redis frozen, a 60 s store timeout) does not hold
+    the shutdown past TASKS_GRACEFUL_TIMEOUT_SECONDS."""
+    service = start_service(
+        **redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="60"),
+        TASKS_GRACEFUL_TIMEOUT_SECONDS=str(GRACE),
+    )
+    private_redis.freeze()
+    with ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(httpx.get, service.base_url + "/v1/tasks", timeout=90)
+        wait_until(lambda: in_flight(service) >= 1, timeout=10, what="the stuck request")
+        signalled = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(timeout=45)
+        took = time.monotonic() - signalled
+        private_redis.thaw()
+        with contextlib.suppress(httpx.HTTPError):
+            stuck.result()
+    # At least the grace period, and far from the minute the request would have taken.
+    assert GRACE <= took < GRACE + 25, took
+    assert not accepts_connections(service.port)
+
+
+@pytest.mark.factor("III", "XI")
+def test_the_redis_password_is_never_logged(start_service: StartService) -> None:
+    """Debug logging, a failed login, an outage and a shutdown: the password never shows."""
+    password = "never-logged-" + os.urandom(8).hex()
+    server = RedisServer(password=password)
+    server.start()
+    try:
+        service = start_service(
+            **redis_env(server, TASKS_REDIS_PASSWORD=password), TASKS_LOG_LEVEL="debug"
+        )
+        assert httpx.post(service.base_url + "/v1/tasks", json={"title": "x"}).status_code == 201
+        admin = server.client()
+        admin.config_set("requirepass", password + "-rotated")  # the app's login now fails
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        assert httpx.get(service.base_url + "/v1/tasks").status_code == 503
+        server.stop()
+        assert httpx.get(service.base_url + "/readyz").status_code == 503
+        assert service.stop() == 0
+    finally:
+        server.stop()
+    output = service.output()
+    assert '"msg": "store unavailable"' in output  # the failures were logged, without it
+    assert password not in output
+
+
+@pytest.mark.factor("XI")
+def test_the_process_writes_no_log_file(tmp_path: Path, private_redis: RedisServer) -> None:
+    """Its logs go to stdout only: while it serves, no regular file is open but the stdout it
+    was given, and nothing is written to its working directory."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    service = ServiceProcess(
+        service_env(**redis_env(private_redis), TASKS_LOG_LEVEL="debug"), cwd=workdir
+    )
+    try:
+        service.wait_ready()
+        httpx.post(service.base_url + "/v1/tasks", json={"title": "x"})
+        httpx.get(service.base_url + "/no/such/route")
+        fds = Path(f"/proc/{service.proc.pid}/fd")
+        open_files = {
+            os.readlink(fd) for fd in fds.iterdir() if os.readlink(fd).startswith("/")
+        } - {"/dev/null", "/dev/urandom"}
+        assert open_files == {service.log.name}, open_files
+    finally:
+        assert service.stop() == 0
+    assert list(workdir.iterdir()) == []
+    assert '"msg": "store closed"' in service.output()

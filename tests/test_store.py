@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -24,19 +23,20 @@ from tests.support import RedisServer
 
 @pytest.mark.factor("IV")
 def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
-    redis_server: RedisServer, make_settings
+    private_redis: RedisServer, make_settings
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings("redis", redis_key_prefix="prefix-test:")
-    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    for key in plain.scan_iter("prefix-test:*"):
-        plain.delete(key)
+    """On a Redis of its own, every key there is the app's: none may lack the prefix."""
+    settings = make_settings("redis", redis_url=private_redis.url, redis_key_prefix="prefix-test:")
+    plain = private_redis.client()
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
         task = client.post("/v1/tasks", json={"title": "x"}, headers={"Idempotency-Key": "k"})
         client.patch(task.headers["location"], json={"status": "done"})
+        client.get("/v1/tasks?status=done")
+        client.delete(client.post("/v1/tasks", json={"title": "gone"}).headers["location"])
 
-    keys = set(plain.keys("*"))
-    ours = {k for k in keys if k.startswith("prefix-test:")}
+    ours = set(plain.keys("*"))
+    assert all(k.startswith("prefix-test:") for k in ours), ours
     assert ours == {
         "prefix-test:meta:layout",
         "prefix-test:meta:layout-min",
@@ -47,7 +47,8 @@ def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
     }
     assert any(k.startswith("prefix-test:idempotency:") for k in ours)
     assert plain.get("prefix-test:meta:layout") == str(LAYOUT_VERSION)
-    assert 0 < plain.ttl(next(k for k in ours if ":idempotency:" in k)) <= 86400
+    # TASKS_IDEMPOTENCY_TTL_SECONDS (86400 by default), set when the key was stored.
+    assert 86400 - 60 <= plain.ttl(next(k for k in ours if ":idempotency:" in k)) <= 86400
 
 
 @pytest.mark.factor("IV")
