@@ -526,3 +526,21 @@ def test_a_burst_of_1000_concurrent_requests_gets_only_answers_and_503s_and_neve
     assert counts.get(201, 0) + counts.get(200, 0) > 0
     assert httpx.get(service.base_url + "/readyz").status_code == 200
     assert "never awaited" not in service.output()  # calls that timed out waiting were closed
+
+
+@pytest.mark.factor("IV", "VIII")
+def test_a_process_never_opens_more_redis_connections_than_its_pool_allows(
+    private_redis: RedisServer, start_service
+) -> None:  # type: ignore[no-untyped-def]
+    """200 concurrent requests against a pool of 3: Redis accepts at most 3 connections from the
+    process over its whole life (it counts every connection it ever accepted)."""
+    plain = private_redis.client()
+    before = int(plain.info("stats")["total_connections_received"])
+    service = start_service(**redis_env(private_redis, TASKS_REDIS_MAX_CONNECTIONS="3"))
+    answers = asyncio.run(send_burst(service.base_url, 200))
+    assert {a.status_code for a in answers} <= {200, 201, 503}
+    assert any(a.status_code in (200, 201) for a in answers)
+    service.stop()
+    # Minus the test's own connection for this INFO.
+    opened = int(private_redis.client().info("stats")["total_connections_received"]) - before - 1
+    assert 1 <= opened <= 3, opened

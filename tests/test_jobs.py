@@ -703,3 +703,23 @@ def test_an_unreachable_store_fails_with_exit_1(make_settings, command: str) -> 
     run = run_job(job_env(settings), command)
     assert run.code == 1
     assert run.summary["error"].startswith("store unavailable")
+
+
+@pytest.mark.factor("XII", "VIII")
+def test_cleanup_skips_while_the_prefixed_lock_key_is_held(
+    settings: Settings, env: dict[str, str], redis_server: RedisServer
+) -> None:
+    """The lock is `<prefix>lock:cleanup`, as the README tells operators."""
+    seed(settings, [done_task(timedelta(days=30))])
+    lock = f"{settings.redis_key_prefix}lock:cleanup"
+    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    plain.set(lock, "held-by-another-run", ex=60)
+
+    held = run_job(env, "cleanup")
+    assert held.code == 0 and held.summary["skipped"] == "locked", held.stderr
+    assert len(all_tasks(settings)) == 1
+
+    plain.delete(lock)
+    free = run_job(env, "cleanup")
+    assert free.code == 0 and free.summary["deleted"] == 1, free.stderr
+    assert plain.exists(lock) == 0, "released after the run"

@@ -210,3 +210,15 @@ def test_a_filtered_list_returns_only_tasks_that_have_the_status(
         listed = client.get("/v1/tasks?status=todo").json()["items"]
 
     assert [t["id"] for t in listed] == [todo["id"]]
+
+
+@pytest.mark.factor("III", "IV")
+def test_an_idempotency_key_is_remembered_for_the_configured_ttl(
+    private_redis: RedisServer, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings("redis", redis_url=private_redis.url, idempotency_ttl_seconds=120)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/tasks", json={"title": "x"}, headers={"Idempotency-Key": "ttl"})
+    plain = private_redis.client()
+    (key,) = [k for k in plain.keys("*") if ":idempotency:" in k]
+    assert 60 <= plain.ttl(key) <= 120

@@ -112,6 +112,9 @@ BAD_VALUES = [
     ("service.port=70000", ["port"]),
     ("autoscaling.enabled=yes please", ["enabled"]),
     ("externalRedis.url=http://x:6379", ["url"]),
+    # The password comes from a Secret, never in the URL (values and ConfigMap are not secret).
+    ("externalRedis.url=rediss://:hunter2@x:6380/0", ["url"]),
+    ("externalRedis.url=rediss://tasks:hunter2@x:6380/0", ["url"]),
     ("redis.bogus=1", ["bogus"]),
     ("redis.auth.enabled=maybe", ["enabled"]),
     ("redis.config.extra=requirepass in-a-configmap", ["extra"]),
