@@ -190,7 +190,7 @@ def test_a_demoted_primary_turns_readiness_503_drops_the_pool_and_writes_recover
         peer.replicaof("NO", "ONE")
         demoted = time.monotonic()
         node.replicaof("127.0.0.1", other.port)
-        wait_until(lambda: client.get("/readyz").status_code == 503, timeout=3, what="not ready")
+        wait_until(lambda: client.get("/readyz").status_code == 503, timeout=5, what="not ready")
         took = time.monotonic() - demoted
         readyz = client.get("/readyz")
         assert_unavailable(readyz, "read-only")

@@ -465,3 +465,48 @@ def test_the_process_writes_no_log_file(tmp_path: Path, private_redis: RedisServ
         assert service.stop() == 0
     assert list(workdir.iterdir()) == []
     assert '"msg": "store closed"' in service.output()
+
+
+@pytest.mark.factor("III", "IV")
+@pytest.mark.parametrize(
+    ("url_user", "username"),
+    [("tasks", None), ("nobody", "tasks")],
+    ids=["the-urls-user", "the-setting-over-the-urls"],
+)
+def test_the_redis_user_comes_from_the_url_unless_the_setting_names_one(
+    acl_redis: RedisServer, make_settings, url_user: str, username: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    settings = make_settings(
+        "redis",
+        redis_url=f"redis://{url_user}@127.0.0.1:{acl_redis.port}/0",
+        redis_password="tasks-password",
+        redis_username=username,
+        redis_key_prefix="tasks:",
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/tasks", json={"title": "x"}).status_code == 201
+        users = [c["user"] for c in acl_redis.client().client_list()]
+    # The app's pooled connections, and this test's own (as `default`).
+    assert users.count("default") == 1 and set(users) == {"default", "tasks"}, users
+
+
+@pytest.mark.factor("VII")
+def test_the_process_binds_the_configured_host_only(start_service: StartService) -> None:
+    """TASKS_HOST=127.0.0.2 (loopback too): the API answers there and not on 127.0.0.1."""
+    service = start_service(wait=False, TASKS_HOST="127.0.0.2")
+    url = f"http://127.0.0.2:{service.port}"
+    wait_until(lambda: accepts_on("127.0.0.2", service.port), timeout=30, what="the listener")
+    assert httpx.get(url + "/livez").status_code == 200
+    assert not accepts_connections(service.port)  # 127.0.0.1
+
+
+def accepts_on(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

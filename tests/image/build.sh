@@ -10,7 +10,8 @@
 #   BUILDER         docker | buildah (default: docker when `docker info` answers, else buildah)
 #   CA_FILE         a proxy CA bundle, passed as the `ca` build secret (default: $SSL_CERT_FILE when
 #                   that file exists; CA_FILE= turns it off). It never lands in a layer.
-#   VERSION GIT_REVISION BUILD_DATE SOURCE_URL   release metadata (default: pyproject, git, now)
+#   VERSION GIT_REVISION BUILD_DATE SOURCE_URL   release metadata (default: pyproject, git HEAD and its
+#                   commit date, the origin remote)
 #   TARGET          build only up to this stage (e.g. build)
 #   STORAGE_DRIVER  buildah storage driver (default vfs)
 set -euo pipefail
@@ -25,7 +26,9 @@ fi
 
 : "${VERSION:=$(sed -nE 's/^version = "(.*)"/\1/p' pyproject.toml | head -n1)}"
 : "${GIT_REVISION:=$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
-: "${BUILD_DATE:=$(date -u +%Y-%m-%dT%H:%M:%SZ)}"
+# The commit's date, not the clock's: builds of one commit carry the same metadata, so the layer
+# cache serves them (see the buildah branch below).
+: "${BUILD_DATE:=$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)}"
 : "${SOURCE_URL:=$(git remote get-url origin 2>/dev/null || true)}"
 CA_FILE=${CA_FILE-${SSL_CERT_FILE:-}}
 
