@@ -172,7 +172,7 @@ class StartedRedis:
 
     def wait_ready(self, password: str) -> None:
         def answers() -> bool:
-            assert self.proc.poll() is None, self.proc.communicate()[1].decode()
+            assert self.proc.poll() is None, self.proc.communicate(timeout=10)[1].decode()
             try:
                 return bool(self.client(password).ping())
             except redis.ConnectionError:
