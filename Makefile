@@ -91,9 +91,17 @@ tools: $(BIN)/helm-$(HELM_VERSION) $(BIN)/helm4-$(HELM4_VERSION) \
 run: venv ## serve on :8080 with the in-memory store
 	$(VENV)/bin/python -m service
 
+# Each test run writes a JUnit report here (factors as properties); `make factors` reads them.
+REPORTS := $(CURDIR)/.cache/reports
+
 .PHONY: test
 test: venv system-deps tools ## install what the tests need and run them (real Redis, helm, buildah)
-	$(VENV)/bin/pytest -m "not e2e and not node" $(PYTEST_ARGS)
+	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/test.xml
+	$(VENV)/bin/pytest -m "not e2e and not node" --junitxml=$(REPORTS)/test.xml $(PYTEST_ARGS)
+
+.PHONY: factors
+factors: ## the twelve-factor scorecard over the reports of make test, e2e, e2e-node; fails on a gap
+	$(PYTHON) -m tests.factors --reports $(REPORTS)
 
 .PHONY: lint
 lint: venv tools system-deps ## ruff, mypy --strict, hadolint, actionlint, helm lint
@@ -192,7 +200,8 @@ cluster-status: ## show the local control plane's processes and version
 
 .PHONY: e2e
 e2e: venv tools cluster-tools ## rung 4: e2e tests on the local control plane (reuses one from cluster-up)
-	$(VENV)/bin/pytest -m e2e tests/e2e $(PYTEST_ARGS)
+	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e.xml
+	$(VENV)/bin/pytest -m e2e tests/e2e --junitxml=$(REPORTS)/e2e.xml $(PYTEST_ARGS)
 
 # --- node (rung 5) ---
 # A real node beside that control plane: kubelet and kube-proxy (in `kube`), containerd + runc, CoreDNS,
@@ -267,8 +276,10 @@ node-shell: ## a shell inside the node's namespaces (KUBECONFIG set, .tools/bin 
 
 .PHONY: e2e-node
 e2e-node: venv tools node-tools node-images ## rung 5: up, the real-pod tests (tests/e2e/node), down
+	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-node.xml
 	$(PYTHON) -m tests.e2e.cluster --node up
-	rc=0; $(PYTHON) -m tests.e2e.cluster --node exec -- $(VENV)/bin/pytest -m node tests/e2e/node $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(PYTHON) -m tests.e2e.cluster --node exec -- $(VENV)/bin/pytest -m node tests/e2e/node \
+	  --junitxml=$(REPORTS)/e2e-node.xml $(PYTEST_ARGS) || rc=$$?; \
 	$(PYTHON) -m tests.e2e.cluster --node down || rc=$$?; exit $$rc
 # --- end node ---
 # --- end cluster ---

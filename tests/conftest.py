@@ -1,7 +1,8 @@
-"""Suite-wide fixtures and the factor-by-factor evidence report."""
+"""Suite-wide fixtures, the factor markers' check, and the factor-by-factor evidence report."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -10,22 +11,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import RedisClusterServers, RedisServer, ServiceProcess, service_env
-
-FACTORS = {
-    "I": "Codebase",
-    "II": "Dependencies",
-    "III": "Config",
-    "IV": "Backing services",
-    "V": "Build, release, run",
-    "VI": "Processes",
-    "VII": "Port binding",
-    "VIII": "Concurrency",
-    "IX": "Disposability",
-    "X": "Dev/prod parity",
-    "XI": "Logs",
-    "XII": "Admin processes",
-}
+from tests.factors import COMMIT_PROPERTY, FACTOR_PROPERTY, FACTORS, HARNESS_PROPERTY
+from tests.support import ROOT, RedisClusterServers, RedisServer, ServiceProcess, service_env
 
 _evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
 
@@ -68,12 +55,48 @@ def start_service(tmp_path: Path) -> Iterator[StartService]:
         process.stop()
 
 
+@pytest.fixture(autouse=True)
+def _clean_session_redis(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The session's redis-server is empty again after every test that used it (keys under a
+    test's own prefix included), so no test sees another's data and none grows the next."""
+    yield
+    if "redis_server" in request.fixturenames:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        if server.proc is not None:
+            server.flushall()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test proves a factor (it would fail were the factor broken) or is a test of the
+    harness; the markers become JUnit properties, which `make factors` reads."""
+    unmarked: list[str] = []
     for item in items:
-        for mark in item.iter_markers("factor"):
-            for factor in mark.args:
-                if factor not in FACTORS:
-                    raise pytest.UsageError(f"{item.nodeid}: unknown factor {factor!r}")
+        factors = sorted({f for mark in item.iter_markers("factor") for f in mark.args})
+        harness = item.get_closest_marker("harness") is not None
+        for factor in factors:
+            if factor not in FACTORS:
+                raise pytest.UsageError(f"{item.nodeid}: unknown factor {factor!r}")
+        if harness and factors:
+            raise pytest.UsageError(f"{item.nodeid}: a harness test proves no factor")
+        if not harness and not factors:
+            unmarked.append(item.nodeid)
+        item.user_properties.extend((FACTOR_PROPERTY, f) for f in factors)
+        if harness:
+            item.user_properties.append((HARNESS_PROPERTY, "true"))
+    if unmarked:
+        raise pytest.UsageError(
+            "tests without a factor('...') or harness marker:\n  " + "\n  ".join(unmarked)
+        )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _report_commit(record_testsuite_property) -> None:  # type: ignore[no-untyped-def]
+    """The commit under test, so `make factors` refuses a report of another commit."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+    )
+    if head.returncode == 0:
+        record_testsuite_property(COMMIT_PROPERTY, head.stdout.strip())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -90,16 +113,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """This run's tally; the gate over every rung's run is `make factors`."""
     if not _evidence:
         return
     tr = terminalreporter
-    tr.section("twelve-factor evidence")
-    for factor, name in FACTORS.items():
+    tr.section("twelve-factor evidence (this run; the gate is `make factors`)")
+    for factor, (name, _) in FACTORS.items():
         results = _evidence.get(factor, [])
         passed = sum(1 for outcome, _ in results if outcome == "passed")
         xfailed = sum(1 for outcome, _ in results if outcome == "xfailed")
         failed = len(results) - passed - xfailed
-        status = "MISSING" if not passed and not failed else ("ok" if failed == 0 else "FAILING")
+        status = "none" if not passed and not failed else ("ok" if failed == 0 else "FAILING")
         gaps = f", {xfailed} known gap(s) (xfail)" if xfailed else ""
         tr.write_line(f"{factor:>4} {name:<20} {status:<8} {passed} passed, {failed} failed{gaps}")
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 import pytest
@@ -65,6 +69,47 @@ def require_tool(name: str, hint: str = "make test installs it") -> str:
     if found is None:
         pytest.fail(f"required tool {name!r} not found ({hint})", pytrace=False)
     return found
+
+
+@functools.cache
+def empty_cwd() -> Path:
+    """An empty working directory for the processes the tests start: a developer's `.env` in the
+    checkout is never read by them (the settings read `.env` from the working directory)."""
+    path = Path(tempfile.mkdtemp(prefix="tasks-cwd-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+class LineReader:
+    """The lines of a subprocess's pipe, read by a thread, so a test waits for one with a bound
+    instead of blocking on `readline()` forever."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def next(self, timeout: float) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no line within {timeout}s; so far: {self.seen}") from None
+        if line is None:
+            raise EOFError(f"the stream ended; it said: {self.seen}")
+        self.seen.append(line)
+        return line
+
+    def until(self, predicate: Callable[[str], bool], timeout: float) -> str:
+        """The first line that satisfies `predicate`, within `timeout` seconds in all."""
+        deadline = time.monotonic() + timeout
+        while not predicate(line := self.next(max(deadline - time.monotonic(), 0.01))):
+            pass
+        return line
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -294,7 +339,7 @@ class ServiceProcess:
             prefix="tasks-service-", suffix=".log", delete=False
         )
         self.args = args or [sys.executable, "-m", "service"]
-        self.proc = self.spawn(env, cwd or ROOT)
+        self.proc = self.spawn({"PYTHONPATH": str(ROOT), **env}, cwd or empty_cwd())
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
 
@@ -308,7 +353,7 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.output()}")
             try:
-                return httpx.get(self.base_url + "/readyz", timeout=0.5).status_code == 200
+                return httpx.get(self.base_url + "/readyz", timeout=5).status_code == 200
             except httpx.HTTPError:
                 return False
 

@@ -50,6 +50,8 @@ def test_create_returns_201_with_location_and_the_task(client: TestClient) -> No
     assert set(task) == {
         "id", "title", "description", "status", "created_at", "updated_at", "completed_at"
     }  # fmt: skip
+    # The ETag of the created task: a conditional write may follow without a read.
+    assert response.headers["etag"] == client.get(response.headers["location"]).headers["etag"]
 
 
 def test_get_returns_the_task_with_an_etag(client: TestClient) -> None:
@@ -282,6 +284,9 @@ def test_same_idempotency_key_and_body_replays_the_first_response(client: TestCl
     assert again.status_code == 201
     assert again.json() == first.json()
     assert again.headers["location"] == first.headers["location"]
+    assert again.headers["etag"] == first.headers["etag"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
     assert [t["title"] for t in client.get("/v1/tasks").json()["items"]] == ["changed later"]
 
 
@@ -318,6 +323,13 @@ def test_with_api_keys_writes_without_a_key_return_401_problem(protected: TestCl
     wrong = {"Authorization": "Bearer key-three-0123456789"}
     assert_problem(protected.post("/v1/tasks", json={"title": "x"}, headers=wrong), 401)
     assert_problem(protected.delete("/v1/tasks/01aaaaaaaaaaaaaaaaaaaaaaaa"), 401)
+    # An existing task: PATCH and DELETE without a key, or with a wrong one, change nothing.
+    key = {"Authorization": "Bearer key-one-0123456789"}
+    location = protected.post("/v1/tasks", json={"title": "kept"}, headers=key).headers["location"]
+    for headers in ({}, wrong):
+        assert_problem(protected.patch(location, json={"title": "x"}, headers=headers), 401)
+        assert_problem(protected.delete(location, headers=headers), 401)
+    assert protected.get(location).json()["title"] == "kept"
 
 
 def test_with_api_keys_writes_with_any_configured_key_succeed(protected: TestClient) -> None:
@@ -327,7 +339,11 @@ def test_with_api_keys_writes_with_any_configured_key_succeed(protected: TestCli
 
 
 def test_with_api_keys_reads_stay_open(protected: TestClient) -> None:
-    assert protected.get("/v1/tasks").status_code == 200
+    key = {"Authorization": "Bearer key-one-0123456789"}
+    location = protected.post("/v1/tasks", json={"title": "x"}, headers=key).headers["location"]
+    for path in ("/v1/tasks", "/v1/tasks?status=todo", location, "/livez", "/version"):
+        assert protected.get(path).status_code == 200, path
+        assert protected.head(path).status_code == 200, path
 
 
 # --- probes and docs ------------------------------------------------------------------------

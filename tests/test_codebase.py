@@ -20,7 +20,11 @@ def _yaml(path: str) -> dict:  # type: ignore[type-arg]
 
 def test_the_project_is_one_git_repository() -> None:
     top = subprocess.run(
-        ["git", "rev-parse", "--show-toplevel"], cwd=ROOT / "deploy", capture_output=True, text=True
+        ["git", "rev-parse", "--show-toplevel"],
+        cwd=ROOT / "deploy",
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert top.returncode == 0, top.stderr
     assert top.stdout.strip() == str(ROOT)

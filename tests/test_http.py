@@ -193,6 +193,20 @@ def test_a_body_that_is_not_json_is_415_naming_what_is_accepted(
     assert patch.headers["accept-patch"] == "application/json"
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json; charset=utf-8", "application/merge-patch+json", "application/vnd.x+json"],
+)
+def test_any_json_media_type_is_accepted_for_writes(client: TestClient, content_type: str) -> None:
+    """`application/json` or any `application/*+json`, as the README says."""
+    headers = {"content-type": content_type}
+
+    post = client.post("/v1/tasks", content=b'{"title": "x"}', headers=headers)
+    assert post.status_code == 201, post.text
+    patch = client.patch(post.headers["location"], content=b'{"status": "done"}', headers=headers)
+    assert patch.status_code == 200 and patch.json()["status"] == "done", patch.text
+
+
 def test_the_largest_valid_task_fits_the_default_body_limit(client: TestClient) -> None:
     """Every character a JSON-escaped surrogate pair: the longest a valid task can be."""
     emoji = "\\ud83d\\ude00"  # 12 bytes on the wire, one character once parsed
@@ -408,7 +422,8 @@ def test_an_unhandled_error_is_500_problem_with_its_request_id_logged_once(
         f"{service.base_url}/v1/tasks/{UNKNOWN_ID}", headers={"X-Request-ID": "req-500"}
     )
 
-    assert_problem(response, 500)
+    body = assert_problem(response, 500)
+    assert not body.get("detail"), "a bug's answer gives no detail"
     assert response.headers["x-request-id"] == "req-500"
     assert "half a task" not in response.text
     assert service.stop() == 0

@@ -281,7 +281,12 @@ def test_the_node_suites_build_one_layout_ahead_expands_so_this_build_keeps_serv
         "print(BUILD_LAYOUT.version, MIGRATIONS[-1].change.name, w.current, w.min_compatible)"
     )
     ahead = subprocess.run(
-        [sys.executable, "-c", show], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "-c", show],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     version, kind, current, floor = ahead.stdout.split()
     assert (int(version), kind) == (N + 1, "EXPAND")

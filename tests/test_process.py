@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,11 @@ from tests.support import (
 )
 
 PROBLEM = "application/problem+json"
+# "Fast" means well short of a hang or a client's own timeout, with room for a loaded 2-core
+# machine; bench/ measures the real figures (a refused store answers in milliseconds).
+FAST = 5.0
+# The shutdown delay of the drain test: long enough that a loaded machine flips readiness within it.
+DELAY = 3.0
 
 
 def in_flight(service: ServiceProcess) -> float:
@@ -176,7 +182,7 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closi
 ) -> None:
     service = start_service(
         **redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="15"),
-        TASKS_SHUTDOWN_DELAY_SECONDS="1",
+        TASKS_SHUTDOWN_DELAY_SECONDS=str(DELAY),
     )
     location = httpx.post(service.base_url + "/v1/tasks", json={"title": "slow"}).headers[
         "location"
@@ -191,11 +197,11 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closi
         signalled = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
         readyz = httpx.get(service.base_url + "/readyz")
-        assert time.monotonic() - signalled < 1.0, "readyz must flip at once, within the delay"
+        assert time.monotonic() - signalled < DELAY, "readyz must flip at once, within the delay"
         assert readyz.status_code == 503 and "draining" in readyz.json()["detail"]
 
         wait_until(lambda: not accepts_connections(service.port), timeout=5, what="listener closed")
-        assert time.monotonic() - signalled >= 1.0, "the listener stayed open for the delay"
+        assert time.monotonic() - signalled >= DELAY, "the listener stayed open for the delay"
         assert not slow.done()
         assert in_flight(service) == 1, "the metrics listener outlives the API's, drain included"
         os.kill(private_redis.proc.pid, signal.SIGCONT)
@@ -229,10 +235,10 @@ def test_a_second_sigint_exits_at_once(start_service: StartService) -> None:
     service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="60")
 
     service.proc.send_signal(signal.SIGINT)
-    wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, timeout=2)
+    wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, timeout=10)
     service.proc.send_signal(signal.SIGINT)
 
-    assert service.proc.wait(timeout=3) == 130
+    assert service.proc.wait(timeout=10) == 130  # not the 60 s delay
 
 
 # --- backing service outage (IV, IX) --------------------------------------------------------
@@ -250,13 +256,13 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
 
     for method, path in [("GET", location), ("POST", "/v1/tasks"), ("GET", "/v1/tasks")]:
         started = time.monotonic()
-        response = httpx.request(method, url + path, json={"title": "during"}, timeout=5)
-        assert time.monotonic() - started < 1.0
+        response = httpx.request(method, url + path, json={"title": "during"}, timeout=30)
+        assert time.monotonic() - started < FAST, (method, path)
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     started = time.monotonic()
-    readyz = httpx.get(url + "/readyz", timeout=5)
+    readyz = httpx.get(url + "/readyz", timeout=30)
     assert readyz.status_code == 503 and "store" in readyz.json()["detail"]
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < FAST
     assert httpx.get(url + "/livez").status_code == 200
 
     private_redis.start()  # same port, empty data
@@ -299,8 +305,8 @@ def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
     wait_until(lambda: accepts_connections(wrong.port), timeout=15, what="the listener")
     for path in ("/readyz", "/v1/tasks"):
         started = time.monotonic()
-        response = httpx.get(wrong.base_url + path, timeout=5)
-        assert time.monotonic() - started < 1.0 + 0.75, path  # the timeout, and margin
+        response = httpx.get(wrong.base_url + path, timeout=30)
+        assert time.monotonic() - started < FAST, path
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     assert "tasks-password" not in wrong.output()
 
@@ -350,3 +356,157 @@ def test_stdout_is_json_lines_with_one_access_line_per_request(
     assert by_id["req-42"]["status"] == 201
     assert by_id[generated]["route"] == "/v1/tasks/{task_id}"
     assert by_id[generated]["status"] == 200 and by_id[generated]["duration_ms"] >= 0
+
+
+# --- README claims: bounds, secrets, where logs go ------------------------------------------
+
+
+@pytest.mark.factor("III")
+def test_a_config_error_exits_before_any_port_is_bound(tmp_path: Path) -> None:
+    """Both ports are held by the test: a process that bound before validating its settings
+    would fail on the bind, not with the config error."""
+    with socket.socket() as api, socket.socket() as metrics:
+        for held in (api, metrics):
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+        env = service_env(
+            PORT=str(api.getsockname()[1]),
+            TASKS_METRICS_PORT=str(metrics.getsockname()[1]),
+            TASKS_LOG_LEVEL="loud",
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "service"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if line.startswith("config error: ")
+    ]
+    assert "TASKS_LOG_LEVEL" in result.stderr and "in use" not in result.stderr.lower()
+
+
+GRACE = 2  # TASKS_GRACEFUL_TIMEOUT_SECONDS of the test below
+
+
+@pytest.mark.factor("IX")
+def test_draining_is_bounded_by_the_graceful_timeout(
+    private_redis: RedisServer, start_service: StartService
+) -> None:
+    """A request that would take a minute (Redis frozen, a 60 s store timeout) does not hold
+    the shutdown past TASKS_GRACEFUL_TIMEOUT_SECONDS."""
+    service = start_service(
+        **redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="60"),
+        TASKS_GRACEFUL_TIMEOUT_SECONDS=str(GRACE),
+    )
+    private_redis.freeze()
+    with ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(httpx.get, service.base_url + "/v1/tasks", timeout=90)
+        wait_until(lambda: in_flight(service) >= 1, timeout=10, what="the stuck request")
+        signalled = time.monotonic()
+        service.proc.send_signal(signal.SIGTERM)
+        service.proc.wait(timeout=45)
+        took = time.monotonic() - signalled
+        private_redis.thaw()
+        with contextlib.suppress(httpx.HTTPError):
+            stuck.result()
+    # At least the grace period, and far from the minute the request would have taken.
+    assert GRACE <= took < GRACE + 25, took
+    assert not accepts_connections(service.port)
+
+
+@pytest.mark.factor("III", "XI")
+def test_the_redis_password_is_never_logged(start_service: StartService) -> None:
+    """Debug logging, a failed login, an outage and a shutdown: the password never shows."""
+    password = "never-logged-" + os.urandom(8).hex()
+    server = RedisServer(password=password)
+    server.start()
+    try:
+        service = start_service(
+            **redis_env(server, TASKS_REDIS_PASSWORD=password), TASKS_LOG_LEVEL="debug"
+        )
+        assert httpx.post(service.base_url + "/v1/tasks", json={"title": "x"}).status_code == 201
+        admin = server.client()
+        admin.config_set("requirepass", password + "-rotated")  # the app's login now fails
+        admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        assert httpx.get(service.base_url + "/v1/tasks").status_code == 503
+        server.stop()
+        assert httpx.get(service.base_url + "/readyz").status_code == 503
+        assert service.stop() == 0
+    finally:
+        server.stop()
+    output = service.output()
+    assert '"msg": "store unavailable"' in output  # the failures were logged, without it
+    assert password not in output
+
+
+@pytest.mark.factor("XI")
+def test_the_process_writes_no_log_file(tmp_path: Path, private_redis: RedisServer) -> None:
+    """Its logs go to stdout only: while it serves, no regular file is open but the stdout it
+    was given, and nothing is written to its working directory."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    service = ServiceProcess(
+        service_env(**redis_env(private_redis), TASKS_LOG_LEVEL="debug"), cwd=workdir
+    )
+    try:
+        service.wait_ready()
+        httpx.post(service.base_url + "/v1/tasks", json={"title": "x"})
+        httpx.get(service.base_url + "/no/such/route")
+        fds = Path(f"/proc/{service.proc.pid}/fd")
+        open_files = {
+            os.readlink(fd) for fd in fds.iterdir() if os.readlink(fd).startswith("/")
+        } - {"/dev/null", "/dev/urandom"}
+        assert open_files == {service.log.name}, open_files
+    finally:
+        assert service.stop() == 0
+    assert list(workdir.iterdir()) == []
+    assert '"msg": "store closed"' in service.output()
+
+
+@pytest.mark.factor("III", "IV")
+@pytest.mark.parametrize(
+    ("url_user", "username"),
+    [("tasks", None), ("nobody", "tasks")],
+    ids=["the-urls-user", "the-setting-over-the-urls"],
+)
+def test_the_redis_user_comes_from_the_url_unless_the_setting_names_one(
+    acl_redis: RedisServer, make_settings, url_user: str, username: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    settings = make_settings(
+        "redis",
+        redis_url=f"redis://{url_user}@127.0.0.1:{acl_redis.port}/0",
+        redis_password="tasks-password",
+        redis_username=username,
+        redis_key_prefix="tasks:",
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/tasks", json={"title": "x"}).status_code == 201
+        users = [c["user"] for c in acl_redis.client().client_list()]
+    # The app's pooled connections, and this test's own (as `default`).
+    assert users.count("default") == 1 and set(users) == {"default", "tasks"}, users
+
+
+@pytest.mark.factor("VII")
+def test_the_process_binds_the_configured_host_only(start_service: StartService) -> None:
+    """TASKS_HOST=127.0.0.2 (loopback too): the API answers there and not on 127.0.0.1."""
+    service = start_service(wait=False, TASKS_HOST="127.0.0.2")
+    url = f"http://127.0.0.2:{service.port}"
+    wait_until(lambda: accepts_on("127.0.0.2", service.port), timeout=30, what="the listener")
+    assert httpx.get(url + "/livez").status_code == 200
+    assert not accepts_connections(service.port)  # 127.0.0.1
+
+
+def accepts_on(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

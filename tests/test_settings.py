@@ -199,6 +199,7 @@ def test_readme_config_table_lists_exactly_the_settings() -> None:
     assert listed == settings_env_names()
 
 
+@pytest.mark.factor("I")
 def test_package_version_matches_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert service.__version__ == project["version"]

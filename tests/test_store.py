@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -24,19 +23,20 @@ from tests.support import RedisServer
 
 @pytest.mark.factor("IV")
 def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
-    redis_server: RedisServer, make_settings
+    private_redis: RedisServer, make_settings
 ) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings("redis", redis_key_prefix="prefix-test:")
-    plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    for key in plain.scan_iter("prefix-test:*"):
-        plain.delete(key)
+    """On a Redis of its own, every key there is the app's: none may lack the prefix."""
+    settings = make_settings("redis", redis_url=private_redis.url, redis_key_prefix="prefix-test:")
+    plain = private_redis.client()
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
         task = client.post("/v1/tasks", json={"title": "x"}, headers={"Idempotency-Key": "k"})
         client.patch(task.headers["location"], json={"status": "done"})
+        client.get("/v1/tasks?status=done")
+        client.delete(client.post("/v1/tasks", json={"title": "gone"}).headers["location"])
 
-    keys = set(plain.keys("*"))
-    ours = {k for k in keys if k.startswith("prefix-test:")}
+    ours = set(plain.keys("*"))
+    assert all(k.startswith("prefix-test:") for k in ours), ours
     assert ours == {
         "prefix-test:meta:layout",
         "prefix-test:meta:layout-min",
@@ -47,7 +47,8 @@ def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
     }
     assert any(k.startswith("prefix-test:idempotency:") for k in ours)
     assert plain.get("prefix-test:meta:layout") == str(LAYOUT_VERSION)
-    assert 0 < plain.ttl(next(k for k in ours if ":idempotency:" in k)) <= 86400
+    # TASKS_IDEMPOTENCY_TTL_SECONDS (86400 by default), set when the key was stored.
+    assert 86400 - 60 <= plain.ttl(next(k for k in ours if ":idempotency:" in k)) <= 86400
 
 
 @pytest.mark.factor("IV")
@@ -135,7 +136,7 @@ def _store_series(metrics: Metrics, name: str) -> dict[str, float]:
     return samples
 
 
-@pytest.mark.factor("XI")
+@pytest.mark.factor("IV")
 def test_instrumented_store_implements_and_times_every_protocol_operation(
     store_kind: str, make_settings
 ) -> None:  # type: ignore[no-untyped-def]
@@ -175,7 +176,7 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
     assert all(count >= 1 for count in timed.values())
 
 
-@pytest.mark.factor("XI")
+@pytest.mark.factor("IV")
 def test_instrumented_store_counts_operations_that_found_the_store_down() -> None:
     class Down(MemoryTaskStore):
         async def get_many(self, task_ids: Sequence[str]) -> TaskList:
@@ -209,3 +210,15 @@ def test_a_filtered_list_returns_only_tasks_that_have_the_status(
         listed = client.get("/v1/tasks?status=todo").json()["items"]
 
     assert [t["id"] for t in listed] == [todo["id"]]
+
+
+@pytest.mark.factor("III", "IV")
+def test_an_idempotency_key_is_remembered_for_the_configured_ttl(
+    private_redis: RedisServer, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings("redis", redis_url=private_redis.url, idempotency_ttl_seconds=120)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/tasks", json={"title": "x"}, headers={"Idempotency-Key": "ttl"})
+    plain = private_redis.client()
+    (key,) = [k for k in plain.keys("*") if ":idempotency:" in k]
+    assert 60 <= plain.ttl(key) <= 120

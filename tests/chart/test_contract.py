@@ -28,7 +28,7 @@ from tests.chart.helpers import (
     values_id,
 )
 from tests.manifests import pod_spec, resolve_env, settings_from_env
-from tests.support import RedisServer, ServiceProcess, base_env, free_port
+from tests.support import RedisServer, ServiceProcess, base_env, empty_cwd, free_port
 
 pytestmark = pytest.mark.usefixtures("helm3")
 
@@ -172,8 +172,8 @@ def test_admin_job_commands_exit_zero_with_the_rendered_env(
     c = container(app_workloads(r)[component])
     result = subprocess.run(
         command_of(c),
-        env=process_env(r, c, redis),
-        cwd=ROOT,
+        env={**process_env(r, c, redis), "PYTHONPATH": str(ROOT)},  # the image's WORKDIR
+        cwd=empty_cwd(),
         capture_output=True,
         text=True,
         timeout=120,

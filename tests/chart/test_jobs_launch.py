@@ -57,6 +57,7 @@ def test_launch_finds_the_release_cronjob_by_its_labels(release: str) -> None:
     ]
 
 
+@pytest.mark.factor("XII")
 def test_launch_names_the_selector_when_no_cronjob_matches() -> None:
     batch = FakeBatch(_cronjobs("tasks"))
     with pytest.raises(UsageError) as err:

@@ -65,6 +65,7 @@ def _labels(obj: dict, r: Rendered) -> dict[str, str]:
     return labels
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("release", RELEASES, ids=lambda r: f"{len(r)}-{r[:5]}")
 def test_every_name_and_label_fits_its_kubernetes_limit(release: str) -> None:
     r = _render(release)
@@ -91,6 +92,7 @@ def test_every_name_and_label_fits_its_kubernetes_limit(release: str) -> None:
     assert not schema_problems(r.objects, KUBE_VERSIONS[-1])
 
 
+@pytest.mark.factor("XII")
 @pytest.mark.parametrize("release", RELEASES, ids=lambda r: f"{len(r)}-{r[:5]}")
 def test_the_manual_job_notes_print_is_a_valid_job_name(release: str) -> None:
     text = notes(release=release)
@@ -104,6 +106,7 @@ def test_the_manual_job_notes_print_is_a_valid_job_name(release: str) -> None:
 @pytest.mark.parametrize(
     "release", ["tasks", "redis", "tasks-redis", "redis-tasks", "my-tasks-redis-blue"]
 )
+@pytest.mark.factor("V")
 def test_no_two_objects_of_one_kind_share_a_name(release: str) -> None:
     r = _render(release)
     counts = Counter((o["kind"], o["metadata"]["name"]) for o in r.objects)
@@ -114,6 +117,7 @@ def test_no_two_objects_of_one_kind_share_a_name(release: str) -> None:
     assert statefulset["metadata"]["name"] != deployment["metadata"]["name"]
 
 
+@pytest.mark.factor("IV")
 def test_a_release_called_tasks_redis_keeps_app_and_redis_apart() -> None:
     r = _render("tasks-redis")
     assert r.get("Deployment", "tasks-redis-tasks")
@@ -121,6 +125,7 @@ def test_a_release_called_tasks_redis_keeps_app_and_redis_apart() -> None:
     assert r.get("Service", "tasks-redis-tasks") != r.get("Service", "tasks-redis")
 
 
+@pytest.mark.factor("IV")
 def test_overrides_that_give_app_and_redis_one_name_are_refused() -> None:
     result = run_helm(
         [
@@ -138,6 +143,7 @@ def test_overrides_that_give_app_and_redis_one_name_are_refused() -> None:
     assert "redis.fullnameOverride" in result.stderr
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("release", ["1st", "blue.green"])
 def test_a_release_name_no_service_can_carry_is_refused_with_a_reason(release: str) -> None:
     """Helm accepts these release names; a Service name must be a DNS label (a letter first)."""

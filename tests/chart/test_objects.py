@@ -129,6 +129,7 @@ def test_explicit_secrets_appear_in_no_object_but_secrets() -> None:
     assert not _leaks(r, [password, key, "prod-key-one-9f8e7d6c", "prod-key-two-1a2b3c4d"])
 
 
+@pytest.mark.factor("III")
 def test_redis_config_holds_no_password() -> None:
     r = rendered(sets=("redis.auth.password=pw-in-config-check",))
     config = r.get("ConfigMap", "tasks-redis")["data"]["redis.conf"]
@@ -150,6 +151,7 @@ ALLOWED_VOLUMES = {
 }
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_every_pod_meets_the_restricted_pod_security_standard(values_file: str | None) -> None:
     r = rendered(values_file)
@@ -232,6 +234,7 @@ def test_pdb_and_topology_spread_select_only_api_pods() -> None:
     assert not rendered().of_kind("PodDisruptionBudget")
 
 
+@pytest.mark.factor("VII")
 def test_service_selects_only_the_api_pods() -> None:
     r = rendered()
     service = r.get("Service", "tasks")
@@ -334,6 +337,7 @@ def test_notes_print_the_exact_admin_command(values_file: str | None, fullname: 
     assert rendered(values_file).get("CronJob", f"{fullname}-cleanup")
 
 
+@pytest.mark.factor("V")
 def test_helm_test_pod_does_a_crud_round_trip_through_the_service() -> None:
     r = rendered()
     (pod,) = r.of_kind("Pod")
@@ -350,6 +354,7 @@ def test_helm_test_pod_does_a_crud_round_trip_through_the_service() -> None:
 # --- factor IV: the backing service is attached by config ---------------------------------------
 
 
+@pytest.mark.factor("XII")
 def test_names_follow_fullname_and_part() -> None:
     r = rendered()
     names = {(o["kind"], o["metadata"]["name"]) for o in r.objects}
@@ -474,6 +479,7 @@ def test_external_redis_changes_only_the_redis_address_user_and_password() -> No
 DNS_RULE = {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}
 
 
+@pytest.mark.factor("IV", "VII")
 def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> None:
     r = rendered()
     api_policy = r.get("NetworkPolicy", "tasks")
@@ -503,6 +509,7 @@ def test_network_policies_open_the_api_port_and_redis_only_to_its_clients() -> N
     assert clients == {"api", "cleanup", "migrate"}
 
 
+@pytest.mark.factor("VII")
 def test_production_restricts_api_ingress_sources() -> None:
     r = rendered("production-values.yaml")
     rule, metrics_rule = r.get("NetworkPolicy", "tasks")["spec"]["ingress"]
@@ -547,6 +554,7 @@ def test_metrics_have_a_container_and_service_port_of_their_own() -> None:
         (("metrics.servicePort=80",), "metrics.servicePort (80) must differ from service.port"),
     ],
 )
+@pytest.mark.factor("VII")
 def test_metrics_sharing_the_api_port_is_refused_at_render(
     sets: tuple[str, ...], message: str
 ) -> None:
@@ -555,6 +563,7 @@ def test_metrics_sharing_the_api_port_is_refused_at_render(
     assert message in result.stderr
 
 
+@pytest.mark.factor("VII")
 def test_the_service_monitor_scrapes_the_metrics_port_and_ingress_and_route_never_reach_it() -> (
     None
 ):
@@ -583,6 +592,7 @@ def test_the_service_monitor_scrapes_the_metrics_port_and_ingress_and_route_neve
     assert by_name["http"] != by_name["metrics"]
 
 
+@pytest.mark.factor("VII")
 def test_metrics_port_admits_only_the_metrics_peers() -> None:
     prometheus = {"podSelector": {"matchLabels": {"app": "prometheus"}}}
     custom = rendered(sets=("networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus",))
@@ -601,6 +611,7 @@ def test_metrics_port_admits_only_the_metrics_peers() -> None:
 # --- the Redis subchart ------------------------------------------------------------------------
 
 
+@pytest.mark.factor("IV")
 def test_redis_statefulset_authenticates_its_probes_and_persists() -> None:
     r = rendered()
     statefulset = r.get("StatefulSet", "tasks-redis")
@@ -626,6 +637,7 @@ def test_redis_statefulset_authenticates_its_probes_and_persists() -> None:
     assert rendered("dev-values.yaml").find("Secret", "todo-store") is None
 
 
+@pytest.mark.factor("IV")
 def test_redis_auth_can_be_turned_off() -> None:
     r = rendered(sets=("redis.auth.enabled=false",))
     assert r.find("Secret", "tasks-redis") is None
@@ -644,6 +656,7 @@ def _selected(r: Rendered, policy: Obj) -> set[str]:
     }
 
 
+@pytest.mark.factor("IV")
 def test_api_and_jobs_may_open_connections_only_to_dns_and_redis() -> None:
     r = rendered()
     (policy,) = [p for p in r.of_kind("NetworkPolicy") if p["spec"]["policyTypes"] == ["Egress"]]
@@ -666,6 +679,7 @@ def test_api_and_jobs_may_open_connections_only_to_dns_and_redis() -> None:
     assert open_egress.get("NetworkPolicy", "tasks-redis")["spec"]["egress"] == [DNS_RULE]
 
 
+@pytest.mark.factor("IV")
 def test_dns_egress_can_be_pinned_to_the_cluster_dns() -> None:
     peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}
     r = rendered(
@@ -708,6 +722,7 @@ def test_external_redis_egress_comes_from_extra_egress_or_is_refused() -> None:
 # --- HTTPRoute -----------------------------------------------------------------------------------
 
 
+@pytest.mark.factor("VII")
 def test_http_route_is_off_by_default_and_routes_to_the_api_service() -> None:
     assert not rendered().of_kind("HTTPRoute")
     r = rendered(
@@ -735,6 +750,7 @@ CA_VOLUME = {"name": "redis-ca", "configMap": {"name": "redis-ca"}}
 CA_MOUNT = {"name": "redis-ca", "mountPath": "/etc/tasks/ca", "readOnly": True}
 
 
+@pytest.mark.factor("XII")
 def test_extra_volumes_reach_the_api_and_job_pods_only() -> None:
     r = rendered(
         sets=(
@@ -754,6 +770,7 @@ def test_extra_volumes_reach_the_api_and_job_pods_only() -> None:
     assert CA_VOLUME not in pod_spec(test_pod)["volumes"]  # type: ignore[index]
 
 
+@pytest.mark.factor("XII")
 @pytest.mark.parametrize("block", ["cleanup", "migrate", "test"])
 def test_job_and_test_pods_take_annotations_labels_and_a_priority_class(block: str) -> None:
     r = rendered(
@@ -850,6 +867,7 @@ def test_topology_spread_fills_in_only_what_an_entry_leaves_out() -> None:
 # --- the Redis subchart: image digest and what uninstall keeps ------------------------------------
 
 
+@pytest.mark.factor("IV")
 def test_redis_image_can_be_pinned_by_digest() -> None:
     digest = "sha256:" + "ab" * 32
     r = rendered(sets=(f"redis.image.digest={digest}",))
@@ -857,6 +875,7 @@ def test_redis_image_can_be_pinned_by_digest() -> None:
     assert image == f"docker.io/library/redis:8.2.2-alpine@{digest}"
 
 
+@pytest.mark.factor("IV")
 def test_redis_pvc_is_retained_on_uninstall_unless_told_otherwise() -> None:
     policy = rendered().get("StatefulSet", "tasks-redis")["spec"][
         "persistentVolumeClaimRetentionPolicy"

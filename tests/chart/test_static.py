@@ -28,6 +28,7 @@ from tests.chart.helpers import (
 pytestmark = pytest.mark.usefixtures("helm3")
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_helm_lint_strict_passes(values_file: str | None) -> None:
     result = run_helm(["lint", "--strict", str(CHART), *values_args(values_file)])
@@ -35,6 +36,7 @@ def test_helm_lint_strict_passes(values_file: str | None) -> None:
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout
 
 
+@pytest.mark.factor("IV")
 def test_chart_declares_supported_kubernetes_and_the_redis_dependency() -> None:
     chart = load_yaml(CHART / "Chart.yaml")
     assert chart["apiVersion"] == "v2"
@@ -51,18 +53,21 @@ def test_chart_declares_supported_kubernetes_and_the_redis_dependency() -> None:
     ]
 
 
+@pytest.mark.factor("V")
 def test_kubernetes_older_than_the_floor_is_refused() -> None:
     result = run_helm(["template", "tasks", str(CHART), "--kube-version", "1.29.0"])
     assert result.returncode != 0
     assert "kubeVersion" in result.stderr or "incompatible" in result.stderr
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("version", ["1.38.0", "1.45.0"])
 def test_kubernetes_newer_than_the_tested_range_still_renders(version: str) -> None:
     result = run_helm(["template", "tasks", str(CHART), "--kube-version", version])
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=values_id)
 def test_every_rendered_object_is_valid_against_the_strict_kubernetes_schema(
@@ -74,6 +79,7 @@ def test_every_rendered_object_is_valid_against_the_strict_kubernetes_schema(
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.harness
 def test_strict_schema_validation_is_not_vacuous() -> None:
     deployment = json.loads(json.dumps(rendered().get("Deployment", "tasks")))
     deployment["spec"]["template"]["spec"]["containers"][0]["unknownField"] = True
@@ -81,6 +87,7 @@ def test_strict_schema_validation_is_not_vacuous() -> None:
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[0], strict=True)
 
 
+@pytest.mark.factor("VII")
 def test_service_monitor_is_well_formed() -> None:
     (monitor,) = rendered("production-values.yaml").of_kind("ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
@@ -107,6 +114,9 @@ BAD_VALUES = [
     ("externalRedis.url=http://x:6379", ["url"]),
     ("externalRedis.mode=sentinel", ["mode"]),
     ("externalRedis.shards=0", ["shards"]),
+    # The password comes from a Secret, never in the URL (values and ConfigMap are not secret).
+    ("externalRedis.url=rediss://:hunter2@x:6380/0", ["url"]),
+    ("externalRedis.url=rediss://tasks:hunter2@x:6380/0", ["url"]),
     ("redis.bogus=1", ["bogus"]),
     ("redis.auth.enabled=maybe", ["enabled"]),
     ("redis.config.extra=requirepass in-a-configmap", ["extra"]),
@@ -116,6 +126,7 @@ BAD_VALUES = [
 ]
 
 
+@pytest.mark.factor("III")
 @pytest.mark.parametrize(("setting", "words"), BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
 @pytest.mark.parametrize("major", [3, 4], ids=["helm3", "helm4"])
 def test_values_schema_rejects_bad_values_with_a_readable_message(
@@ -132,6 +143,7 @@ def test_values_schema_rejects_bad_values_with_a_readable_message(
     assert "goroutine" not in message and len(message.splitlines()) < 15, message
 
 
+@pytest.mark.factor("III")
 @pytest.mark.parametrize("major", [3, 4], ids=["helm3", "helm4"])
 def test_values_schema_accepts_globals(major: int, request: pytest.FixtureRequest) -> None:
     if major == 4:
@@ -203,6 +215,7 @@ def _walk(
     return problems
 
 
+@pytest.mark.factor("III")
 @pytest.mark.parametrize("chart", [CHART, SUBCHART], ids=["tasks", "redis"])
 def test_values_yaml_and_schema_do_not_drift(chart: Any) -> None:
     """Every key of values.yaml is typed by the schema and commented; the defaults validate."""
@@ -224,6 +237,7 @@ def test_values_yaml_and_schema_do_not_drift(chart: Any) -> None:
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.factor("III")
 def test_every_schema_property_has_a_default_in_values_yaml() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     values = load_yaml(CHART / "values.yaml")
@@ -234,6 +248,7 @@ def test_every_schema_property_has_a_default_in_values_yaml() -> None:
 # --- Helm 4 ------------------------------------------------------------------------------------
 
 
+@pytest.mark.factor("V")
 @pytest.mark.parametrize("values_file", [None, "production-values.yaml"], ids=values_id)
 def test_helm4_lints_and_renders_the_same_objects(values_file: str | None, helm4: str) -> None:
     lint = run_helm(["lint", "--strict", str(CHART), *values_args(values_file)], 4)
@@ -254,6 +269,7 @@ def test_helm4_lints_and_renders_the_same_objects(values_file: str | None, helm4
 @pytest.mark.parametrize(
     "schedule", ["@daily", "@hourly", "@every 6h", "*/5 * * * *", "0 3 * * 1-5"]
 )
+@pytest.mark.factor("XII")
 def test_cleanup_schedule_accepts_cron_macros_and_five_fields(schedule: str) -> None:
     result = run_helm(["template", "tasks", str(CHART), "--set", f"cleanup.schedule={schedule}"])
     assert result.returncode == 0, result.stderr
@@ -269,6 +285,7 @@ def _undescribed(schema: dict[str, Any], path: str = "") -> list[str]:
     return missing
 
 
+@pytest.mark.factor("III")
 @pytest.mark.parametrize("chart", [CHART, SUBCHART], ids=["tasks", "redis"])
 def test_every_schema_key_has_a_description_generated_from_values_yaml(chart: Any) -> None:
     text = (chart / "values.schema.json").read_text()
@@ -287,6 +304,7 @@ def test_every_schema_key_has_a_description_generated_from_values_yaml(chart: An
     assert image["pullPolicy"]["description"] == values_line.split("# -- ", 1)[1]
 
 
+@pytest.mark.factor("III")
 def test_readme_values_table_is_generated_from_values_yaml() -> None:
     """The chart README's values table is what `make chart-docs` writes from values.yaml."""
     readme = (CHART / "README.md").read_text()

@@ -134,6 +134,7 @@ def test_env_names_and_the_settings_they_produce_match_the_chart(
     assert loaded_helm["redis_url"] == "redis://tasks-redis:6379/0"
 
 
+@pytest.mark.factor("IV")
 def test_the_redis_url_of_each_bundle_names_its_own_redis_service(
     chart: tuple[Obj, ...], dev: tuple[Obj, ...]
 ) -> None:
@@ -143,6 +144,7 @@ def test_the_redis_url_of_each_bundle_names_its_own_redis_service(
         assert env["TASKS_REDIS_URL"] == f"redis://{service}:6379/0"
 
 
+@pytest.mark.factor("VII", "X")
 def test_services_expose_the_same_port(chart: tuple[Obj, ...], dev: tuple[Obj, ...]) -> None:
     mine, helm = one(dev, "Service", "tasks"), one(chart, "Service", "tasks")
     assert mine["spec"]["ports"] == helm["spec"]["ports"]
@@ -221,6 +223,7 @@ def test_prod_overlay_scaling_and_resources_match_the_charts_defaults() -> None:
         assert mine["resources"] == helm["resources"], ours
 
 
+@pytest.mark.factor("X")
 def test_base_runs_the_charts_default_image() -> None:
     """Base = chart defaults: image.repository at the chart's appVersion."""
     base = kustomize_build("base")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from tests.deploy.render import KUSTOMIZE_DIR
@@ -17,6 +18,7 @@ def section(title: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.factor("XII")
 def test_kustomize_section_has_the_literal_commands() -> None:
     text = section("Deploy with kustomize")
     for command in (
@@ -28,6 +30,7 @@ def test_kustomize_section_has_the_literal_commands() -> None:
         assert command in text, command
 
 
+@pytest.mark.factor("III")
 def test_the_prod_secret_command_creates_exactly_the_keys_the_bundle_reads() -> None:
     text = section("Deploy with kustomize")
     commands = re.findall(r"kubectl create secret generic (\S+)((?:.*\\\n)*.*)", text)
@@ -40,6 +43,7 @@ def test_the_prod_secret_command_creates_exactly_the_keys_the_bundle_reads() -> 
     assert keys == {"TASKS_REDIS_PASSWORD", "TASKS_API_KEYS"}
 
 
+@pytest.mark.factor("X")
 def test_kind_section_has_the_exact_commands() -> None:
     text = section("Develop on kind")
     assert re.search(r"^kind create cluster --name tasks$", text, re.M)
@@ -54,6 +58,7 @@ def chart_section(title: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.factor("V")
 def test_chart_upgrades_reset_then_reuse_values() -> None:
     """--reuse-values would keep the old chart's defaults, so keys a new chart adds go missing."""
     text = chart_section("Upgrade and rollback")
@@ -62,6 +67,7 @@ def test_chart_upgrades_reset_then_reuse_values() -> None:
     assert not any(re.search(r"--reuse-values\b", c) for c in commands)
 
 
+@pytest.mark.factor("III")
 def test_chart_gitops_example_is_the_ci_values_file_the_tests_render() -> None:
     text = chart_section("GitOps (`helm template`)")
     (block,) = re.findall(r"```yaml\n(.*?)```", text, re.S)

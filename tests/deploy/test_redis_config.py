@@ -117,6 +117,7 @@ def test_kustomize_maxmemory_is_the_charts_default_for_the_same_limit() -> None:
     assert kustomize == chart
 
 
+@pytest.mark.factor("IV")
 def test_chart_refuses_a_maxmemory_at_the_memory_limit() -> None:
     helm = require_tool("helm", "make tools builds the pinned helm")
     chart = KUSTOMIZE_DIR.parent / "helm" / "tasks"
@@ -171,7 +172,7 @@ class StartedRedis:
 
     def wait_ready(self, password: str) -> None:
         def answers() -> bool:
-            assert self.proc.poll() is None, self.proc.communicate()[1].decode()
+            assert self.proc.poll() is None, self.proc.communicate(timeout=10)[1].decode()
             try:
                 return bool(self.client(password).ping())
             except redis.ConnectionError:

@@ -40,6 +40,7 @@ def lookup(values: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+@pytest.mark.factor("X")
 def test_skaffold_yaml_is_valid_against_the_official_v4beta14_schema() -> None:
     schema = json.loads(SCHEMA.read_text())
     config = skaffold()
@@ -52,6 +53,7 @@ def test_skaffold_yaml_is_valid_against_the_official_v4beta14_schema() -> None:
     assert list(jsonschema.Draft7Validator(schema).iter_errors(config))
 
 
+@pytest.mark.harness
 def test_vendored_schema_is_the_upstream_copy() -> None:
     text = (ROOT / "tests" / "schemas" / "README.md").read_text()
     assert "skaffold-v4beta14.json" in text and "Apache-2.0" in text and SCHEMA_SHA256 in text
@@ -75,6 +77,7 @@ def test_the_artifact_is_the_charts_image_and_the_kustomize_image() -> None:
         lookup(chart_values(), key)
 
 
+@pytest.mark.factor("X")
 def test_the_values_skaffold_sets_pass_the_charts_schema() -> None:
     (release,) = skaffold()["deploy"]["helm"]["releases"]
     sets = [f"{k}={v}" for k, v in release.get("setValues", {}).items()]
@@ -84,10 +87,12 @@ def test_the_values_skaffold_sets_pass_the_charts_schema() -> None:
     assert container["image"] == "registry.invalid/tasks:abc123"
 
 
+@pytest.mark.factor("X")
 def test_local_build_is_never_pushed() -> None:
     assert skaffold()["build"]["local"]["push"] is False
 
 
+@pytest.mark.factor("X")
 def test_every_path_it_names_exists() -> None:
     config = skaffold()
     paths: list[Path] = []
@@ -105,6 +110,7 @@ def test_every_path_it_names_exists() -> None:
     assert len(paths) >= 4
 
 
+@pytest.mark.factor("X")
 def test_dev_loop_rebuilds_on_service_and_jobs_changes() -> None:
     """Skaffold watches what the Dockerfile COPYs; no file sync (read-only root, no --reload)."""
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -115,6 +121,7 @@ def test_dev_loop_rebuilds_on_service_and_jobs_changes() -> None:
     assert artifact.get("context", ".") == "."
 
 
+@pytest.mark.factor("X")
 def test_port_forward_reaches_the_service_of_both_deploy_paths_on_8080_and_9090() -> None:
     api, metrics = skaffold()["portForward"]
     for forward in (api, metrics):
@@ -130,6 +137,7 @@ def test_port_forward_reaches_the_service_of_both_deploy_paths_on_8080_and_9090(
     assert [p["port"] for p in service["spec"]["ports"]] == [api["port"], metrics["port"]]
 
 
+@pytest.mark.factor("X")
 def test_kustomize_profile_swaps_the_chart_for_the_dev_overlay() -> None:
     config = skaffold()
     (profile,) = [p for p in config["profiles"] if p["name"] == "kustomize"]

@@ -12,7 +12,8 @@ import pytest
 from tests.e2e.cluster import controlplane, kwok
 from tests.e2e.kube import get_json, wait_until
 
-pytestmark = pytest.mark.e2e
+# The first test also starts the cluster when none is up; helm --wait allows minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 IMAGE = "registry.invalid/tasks:e2e"  # never pulled: kwok runs no containers
 
@@ -32,7 +33,7 @@ def restricted_container(name: str = "app") -> dict:
     }
 
 
-@pytest.mark.factor("X", "II")
+@pytest.mark.harness
 def test_version_is_pinned_kubernetes_1_34(k8s, kubectl):
     """/version (what Helm's .Capabilities.KubeVersion reads) and the pinned kubectl: 1.34."""
     from kubernetes import client
@@ -46,7 +47,7 @@ def test_version_is_pinned_kubernetes_1_34(k8s, kubectl):
     assert versions["serverVersion"]["gitVersion"] == server.git_version
 
 
-@pytest.mark.factor("X")
+@pytest.mark.harness
 def test_nodes_are_kwok_nodes_in_three_zones(kubectl):
     nodes = get_json(kubectl, "nodes")["items"]
     by_name = {n["metadata"]["name"]: n for n in nodes}
@@ -58,7 +59,7 @@ def test_nodes_are_kwok_nodes_in_three_zones(kubectl):
         assert ready and ready[0]["status"] == "True", by_name[name]["status"]
 
 
-@pytest.mark.factor("X", "VIII")
+@pytest.mark.harness
 def test_deployment_becomes_available_spread_over_zones(kubectl, namespace):
     """Deployment controller -> ReplicaSet -> Pods -> scheduler (zone spread) -> kwok: Ready."""
     deployment = {
@@ -100,7 +101,7 @@ def test_deployment_becomes_available_spread_over_zones(kubectl, namespace):
     assert nodes == set(kwok.NODES), "the scheduler spreads one replica per zone"
 
 
-@pytest.mark.factor("XII")
+@pytest.mark.harness
 def test_job_created_from_cronjob_completes(kubectl, namespace):
     """`kubectl create job --from=cronjob/x` (the pinned kubectl) and the Job controller plus kwok's
     pod-complete stage run it to completion. The timeZone field needs the embedded tzdata."""
@@ -153,7 +154,7 @@ def test_job_created_from_cronjob_completes(kubectl, namespace):
     assert [p["status"]["phase"] for p in pods] == ["Succeeded"]
 
 
-@pytest.mark.factor("X")
+@pytest.mark.harness
 def test_pod_security_admission_rejects_privileged_pod(k8s, kubectl):
     """Admission is the real API server's: a `restricted` namespace refuses a privileged pod
     and admits a compliant one."""

@@ -26,7 +26,8 @@ from tests.e2e.kube import (
     without_generated_labels,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test also starts the cluster when none is up; helm --wait allows minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 RELEASE = "tasks"
 API = "tasks"

@@ -12,8 +12,10 @@ import sys
 import pytest
 
 from tests.e2e.kube import CHART, E2E_VALUES, ROOT, get_json, without_generated_labels
+from tests.support import empty_cwd
 
-pytestmark = pytest.mark.e2e
+# The first test also starts the cluster when none is up; helm --wait allows minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 CRONJOB = "tasks-cleanup"
 
@@ -32,11 +34,12 @@ def installed(helm, module_namespace):
 def launch(kubeconfig: str, *args: str, timeout: float = 120) -> tuple[int, dict, str]:
     """Run `python -m jobs launch ...`; return exit code, the summary (last stdout line), stderr."""
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG" and not k.startswith("TASKS_")}
+    env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run(
         [sys.executable, "-m", "jobs", "launch", *args, "--kubeconfig", kubeconfig],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=empty_cwd(),
         env=env,
         timeout=timeout,
     )

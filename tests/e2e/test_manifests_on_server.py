@@ -23,7 +23,8 @@ from tests.e2e.kube import (
     without_generated_labels,
 )
 
-pytestmark = pytest.mark.e2e
+# The first test also starts the cluster when none is up; helm --wait allows minutes.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 # The Prometheus Operator's CRD is not part of Kubernetes. To let the server dry-run
 # production-values.yaml's ServiceMonitor, serve the kind with an open schema: the API server

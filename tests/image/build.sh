@@ -10,7 +10,8 @@
 #   BUILDER         docker | buildah (default: docker when `docker info` answers, else buildah)
 #   CA_FILE         a proxy CA bundle, passed as the `ca` build secret (default: $SSL_CERT_FILE when
 #                   that file exists; CA_FILE= turns it off). It never lands in a layer.
-#   VERSION GIT_REVISION BUILD_DATE SOURCE_URL   release metadata (default: pyproject, git, now)
+#   VERSION GIT_REVISION BUILD_DATE SOURCE_URL   release metadata (default: pyproject, git HEAD and its
+#                   commit date, the origin remote)
 #   TARGET          build only up to this stage (e.g. build)
 #   STORAGE_DRIVER  buildah storage driver (default vfs)
 set -euo pipefail
@@ -25,7 +26,9 @@ fi
 
 : "${VERSION:=$(sed -nE 's/^version = "(.*)"/\1/p' pyproject.toml | head -n1)}"
 : "${GIT_REVISION:=$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
-: "${BUILD_DATE:=$(date -u +%Y-%m-%dT%H:%M:%SZ)}"
+# The commit's date, not the clock's: builds of one commit carry the same metadata, so the layer
+# cache serves them (see the buildah branch below).
+: "${BUILD_DATE:=$(TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || date -u +%Y-%m-%dT%H:%M:%SZ)}"
 : "${SOURCE_URL:=$(git remote get-url origin 2>/dev/null || true)}"
 CA_FILE=${CA_FILE-${SSL_CERT_FILE:-}}
 
@@ -42,16 +45,24 @@ case "$BUILDER" in
     DOCKER_BUILDKIT=1 exec docker build "${args[@]}" . ;;
   buildah)
     # --pull=false: use a base already in the store (the stand-in), pull only when missing.
-    # The release metadata again as --label/--env: buildah's --layers cache does not see a changed
-    # build arg in LABEL/ENV (containers/buildah#5501) and would reuse a stale version or date.
-    args+=(--label "org.opencontainers.image.version=$VERSION"
-           --label "org.opencontainers.image.revision=$GIT_REVISION"
-           --label "org.opencontainers.image.created=$BUILD_DATE"
-           --label "org.opencontainers.image.source=$SOURCE_URL"
-           --env "TASKS_VERSION=$VERSION" --env "TASKS_GIT_REVISION=$GIT_REVISION"
-           --env "TASKS_BUILD_DATE=$BUILD_DATE")
-    exec buildah --storage-driver "${STORAGE_DRIVER:-vfs}" build --isolation chroot --layers \
-      --pull=false "${args[@]}" . ;;
+    # The labels and env come from the Dockerfile alone. buildah's --layers cache keys LABEL/ENV
+    # steps on their text, not on the build args they expand (containers/buildah#5501), so a cached
+    # step may hold another build's version or date: then the image is rebuilt without the cache,
+    # and whatever the Dockerfile makes of the args is what the image gets.
+    buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
+    "${buildah[@]}" build --isolation chroot --layers --pull=false "${args[@]}" .
+    # shellcheck disable=SC2016  # a Go template, not a shell expansion
+    meta=$("${buildah[@]}" inspect --type image --format \
+      '{{range $k, $v := .OCIv1.Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}{{range .OCIv1.Config.Env}}{{.}}{{println}}{{end}}' \
+      "$IMAGE")
+    for want in "org.opencontainers.image.version=$VERSION" "org.opencontainers.image.revision=$GIT_REVISION" \
+                "org.opencontainers.image.created=$BUILD_DATE" "TASKS_VERSION=$VERSION" \
+                "TASKS_GIT_REVISION=$GIT_REVISION" "TASKS_BUILD_DATE=$BUILD_DATE"; do
+      if ! grep -qxF -- "$want" <<<"$meta"; then
+        echo "build.sh: the layer cache gave a stale $want; rebuilding without the cache" >&2
+        exec "${buildah[@]}" build --isolation chroot --layers --no-cache --pull=false "${args[@]}" .
+      fi
+    done ;;
   *)
     echo "build.sh: BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
 esac

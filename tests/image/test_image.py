@@ -22,7 +22,8 @@ from tests.image.artifacts import BuildSecret, BuiltImage, Layer
 from tests.image.runner import ImageRootfs, resolve_user
 from tests.support import ROOT, RedisServer, ServiceProcess, free_port
 
-pytestmark = [pytest.mark.image]
+# The first test pays for the image build (a cold build takes minutes on a loaded machine).
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 SHUTDOWN_DELAY = 1.0
 SHUTDOWN_GRACE = 10.0
@@ -98,6 +99,13 @@ def test_release_metadata_is_in_labels_and_env(
     assert config.env["TASKS_BUILD_DATE"] == args["BUILD_DATE"]
 
 
+@pytest.mark.factor("V")
+def test_the_build_adds_no_label_or_env_of_its_own() -> None:
+    """The metadata test above reads what the Dockerfile alone made of the build args."""
+    script = (ROOT / "tests" / "image" / "build.sh").read_text()
+    assert not re.search(r"--(label|env)\b", script)
+
+
 @pytest.mark.factor("II")
 def test_venv_holds_exactly_the_locked_dependencies(image_rootfs: ImageRootfs) -> None:
     probe = image_rootfs.run(["python", "-c", PROBE_DISTRIBUTIONS])
@@ -126,7 +134,7 @@ def test_venv_holds_exactly_the_locked_dependencies(image_rootfs: ImageRootfs) -
     assert installed == locked
 
 
-@pytest.mark.factor("II")
+@pytest.mark.factor("V")
 def test_no_compiler_and_no_pip_in_the_runtime(image_rootfs: ImageRootfs) -> None:
     for tool in ("gcc", "cc", "c++", "make"):
         assert not (image_rootfs.path / "usr/bin" / tool).exists(), tool
@@ -233,6 +241,7 @@ def _leaks(layers: list[Layer], secret: BuildSecret) -> list[str]:
     return found
 
 
+@pytest.mark.harness
 def test_layer_scan_finds_a_planted_secret(build_secret: BuildSecret, tmp_path: Path) -> None:
     """The scan below can only pass honestly if it would fail on a leak: plant each kind."""
     secret = build_secret.path.read_bytes()

@@ -12,7 +12,8 @@ import pytest
 from tests.e2e.kube import KUSTOMIZE, get_json, kustomize_build
 from tests.e2e.node.test_release import all_ready, pods, restarts
 
-pytestmark = pytest.mark.node
+# Installs wait for real pods; the rollout tests run load for minutes.
+pytestmark = [pytest.mark.node, pytest.mark.timeout(900)]
 
 
 def build_dev_overlay(workdir: Path) -> str:

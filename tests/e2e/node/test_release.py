@@ -19,7 +19,8 @@ import pytest
 from tests.e2e.kube import CHART, get_json, wait_until
 from tests.e2e.node.conftest import FACTS
 
-pytestmark = pytest.mark.node
+# Installs wait for real pods; the rollout tests run load for minutes.
+pytestmark = [pytest.mark.node, pytest.mark.timeout(900)]
 
 NODE_VALUES = CHART / "ci" / "node-values.yaml"
 RELEASE = "tasks"
@@ -287,6 +288,7 @@ def test_upgrade_pod_deletion_and_rollback_under_load_fail_no_request(api, helm,
     assert not missing
 
 
+@pytest.mark.harness
 def test_the_namespace_enforces_restricted_pod_security(kubectl, release):
     """Admission enforces PSS here for real: a privileged pod is refused in this namespace."""
     labels = get_json(kubectl, "namespace", release)["metadata"]["labels"]
