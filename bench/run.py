@@ -199,6 +199,7 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)
         results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
+        Path(lua.name).unlink()
         results["list (limit=20)"] = wrk(f"{svc}/v1/tasks?limit=20", service.pid)
         results["list (cluster)"] = wrk(f"{csvc}/v1/tasks?limit=20", clustered.pid)
         loaded_rss, peak_rss = rss_mb(service.pid)

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -137,6 +138,8 @@ class RedisServer:
         self.password = password
         self.extra_args = extra_args or []
         self.dir = tempfile.mkdtemp(prefix="tasks-redis-")
+        # Kept across stop() and start() (a restart in place), removed with the object.
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -327,6 +330,11 @@ class RedisClusterServers:
         return [node.port for node in self.nodes if node.proc is not None]
 
 
+def _discard(file: IO[bytes]) -> None:
+    file.close()
+    Path(file.name).unlink(missing_ok=True)
+
+
 class ServiceProcess:
     """`python -m service` (or any command) as a subprocess, with its stdout captured to a file."""
 
@@ -338,6 +346,8 @@ class ServiceProcess:
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
             prefix="tasks-service-", suffix=".log", delete=False
         )
+        # Readable after stop() (tests read a stopped process's output), removed with the object.
+        weakref.finalize(self, _discard, self.log)
         self.args = args or [sys.executable, "-m", "service"]
         self.proc = self.spawn({"PYTHONPATH": str(ROOT), **env}, cwd or empty_cwd())
         self.base_url = f"http://127.0.0.1:{self.port}"

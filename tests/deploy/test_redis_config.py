@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +149,7 @@ class StartedRedis:
 
     def __init__(self, container: Obj, conf: str, password: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tasks-redis-start-"))
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         self.port = free_port()
         local = {"bind": "127.0.0.1", "port": str(self.port), "dir": str(self.dir)}
         lines = [
