@@ -536,6 +536,39 @@ def test_requests_beyond_those_in_flight_wait_their_turn_within_the_budget_then_
     assert httpx.get(service.base_url + "/livez").status_code == 200  # probes never queue
 
 
+@pytest.mark.factor("IX", "VIII")
+def test_probes_and_docs_never_wait_for_a_turn_while_every_turn_is_held(
+    private_redis: RedisServer, start_service: StartService
+) -> None:
+    """Redis frozen, a pool of 2 (8 API turns) and a store timeout of 10 s: 40 API requests hold
+    every turn or wait for one, and none can finish before the timeout. Meanwhile the probes and
+    the docs answer at once: a kubelet never sees a busy pod as dead."""
+    env = redis_env(
+        private_redis, TASKS_REDIS_TIMEOUT_SECONDS="10", TASKS_REDIS_MAX_CONNECTIONS="2"
+    )
+    service = start_service(**env)
+    paths = ("/livez", "/docs", "/openapi.json")
+
+    async def run() -> tuple[dict[str, int], int]:
+        limits = httpx.Limits(max_connections=60, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=service.base_url, limits=limits, timeout=60) as http:
+            burst = [asyncio.create_task(http.get("/v1/tasks?limit=5")) for _ in range(40)]
+            await asyncio.sleep(1)  # every turn taken, the rest waiting for one
+            probes = {path: (await http.get(path)).status_code for path in paths}
+            pending = sum(not request.done() for request in burst)
+            private_redis.thaw()
+            await asyncio.gather(*burst)
+        return probes, pending
+
+    private_redis.freeze()
+    try:
+        probes, pending = asyncio.run(run())
+    finally:
+        private_redis.thaw()
+    assert probes == dict.fromkeys(paths, 200)
+    assert pending == 40, "the probes answered while every API request still waited"
+
+
 @pytest.mark.factor("VIII", "IV")
 def test_a_burst_of_1000_concurrent_requests_gets_only_answers_and_503s_and_never_hangs(
     private_redis: RedisServer, start_service: StartService
