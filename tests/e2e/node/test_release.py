@@ -204,6 +204,14 @@ def test_redis_keeps_every_task_when_its_pod_is_deleted(api, kubectl, release):
     assert after == before, "the API pods were not restarted"
 
 
+def _why(response: httpx.Response | None) -> str:
+    """A failed answer's problem type and detail, so a failure says which one it was."""
+    if response is None or "json" not in response.headers.get("content-type", ""):
+        return ""
+    body = response.json()
+    return f" {body.get('type', '')}: {body.get('detail', '')}"
+
+
 @dataclass
 class Load:
     """Constant traffic on the ClusterIP from a few threads, bounded in time and count: creates
@@ -228,6 +236,7 @@ class Load:
                     if sum(self.statuses.values()) >= self.max_requests:
                         return
                 i += 1
+                r = None
                 try:
                     if i % 2:
                         r = client.post("/v1/tasks", json={"title": f"load {i}"})
@@ -243,7 +252,7 @@ class Load:
                     if ok and i % 2:
                         self.created.append(r.json()["id"])
                     elif not ok:
-                        self.failures.append(f"{time.strftime('%H:%M:%S')} {outcome}")
+                        self.failures.append(f"{time.strftime('%H:%M:%S')} {outcome}{_why(r)}")
                 time.sleep(0.01)
 
     def __enter__(self) -> Load:
@@ -329,6 +338,15 @@ def test_upgrades_that_turn_redis_auth_off_and_on_keep_every_task(api, helm, kub
         env = get_json(kubectl, "statefulset", f"{RELEASE}-redis", "-n", ns)["spec"]["template"]
         names = {e["name"] for e in env["spec"]["containers"][0].get("env", [])}
         assert ("REDIS_PASSWORD" in names) == (auth == "true")
+        # Until they are gone, the previous pods (the old password against the restarted Redis)
+        # may still be reached and answer 503: the short outage the chart README states.
+        wait_until(
+            "the previous API pods to be gone",
+            lambda: (
+                not [p for p in pods(kubectl, ns, API) if p["metadata"].get("deletionTimestamp")]
+            ),
+            timeout=120,
+        )
         wait_until("the API to be ready", lambda: api.get("/readyz").status_code == 200, 120)
         assert [api.get(f"/v1/tasks/{i}").status_code for i in ids] == [200] * len(ids)
         assert api.post("/v1/tasks", json={"title": f"auth={auth}"}).status_code == 201
