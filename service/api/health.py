@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -21,6 +23,13 @@ async def livez() -> dict[str, str]:
 _READ_ONLY = frozenset({Unavailability.readonly, Unavailability.masterdown})
 
 
+def _store_not_ready(store: str, detail: str, **extra: Any) -> JSONResponse:
+    """/readyz's 503 when the process serves but its store check fails (`store` says how)."""
+    return problem(
+        503, title="Not ready", detail=detail, checks={"draining": False, "store": store}, **extra
+    )
+
+
 @router.get(
     "/readyz",
     summary="Ready for traffic: store reachable and writable, its data layout served, not draining",
@@ -37,21 +46,17 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await store_of(request).ping()
     except StoreUnavailable as exc:
-        read_only = exc.reason in _READ_ONLY
-        return problem(
-            503,
-            title="Not ready",
-            detail=f"store {'read-only' if read_only else 'unreachable'} ({exc.reason.value})",
+        store = "read-only" if exc.reason in _READ_ONLY else "unreachable"
+        return _store_not_ready(
+            store,
+            f"store {store} ({exc.reason.value})",
             headers={"Retry-After": RETRY_AFTER_SECONDS},
-            checks={"draining": False, "store": "read-only" if read_only else "unreachable"},
         )
     except LayoutMismatch as exc:
         # Data contracted past this build, or not yet migrated to what it needs: no traffic.
-        return problem(
-            503,
-            title="Not ready",
-            detail=str(exc),
-            checks={"draining": False, "store": "layout-mismatch"},
+        return _store_not_ready(
+            "layout-mismatch",
+            str(exc),
             layout={
                 "stored": exc.stored.current,
                 "min_compatible": exc.stored.min_compatible,
@@ -59,12 +64,7 @@ async def readyz(request: Request) -> JSONResponse:
             },
         )
     except ShardCountMismatch as exc:
-        return problem(
-            503,
-            title="Not ready",
-            detail=str(exc),
-            checks={"draining": False, "store": "shard-count-mismatch"},
-        )
+        return _store_not_ready("shard-count-mismatch", str(exc))
     return JSONResponse({"status": "ready", "checks": {"draining": False, "store": "ok"}})
 
 

@@ -302,8 +302,11 @@ class RedisKeys:
             ShardKeys(k, prefix + shard_tag(k, count) if cluster else prefix) for k in range(count)
         ]
 
-    def shard_of(self, task_id: str) -> ShardKeys:
-        return self.shards[zlib.crc32(task_id.encode()) % len(self.shards)]
+    def shard_of(self, name: str) -> ShardKeys:
+        """The shard a task id (or an idempotency digest) hashes to; standalone has just one."""
+        if len(self.shards) == 1:  # no hash to compute on every call of a standalone store
+            return self.shards[0]
+        return self.shards[zlib.crc32(name.encode()) % len(self.shards)]
 
     def task(self, task_id: str) -> str:
         return self.shard_of(task_id).task(task_id)
@@ -311,7 +314,7 @@ class RedisKeys:
     def idempotency(self, key: str) -> tuple[ShardKeys, str]:
         """The shard an Idempotency-Key belongs to, and its record's key there."""
         digest = hashlib.sha256(key.encode()).hexdigest()
-        shard = self.shards[zlib.crc32(digest.encode()) % len(self.shards)]
+        shard = self.shard_of(digest)
         return shard, shard.idempotency(digest)
 
     def lock(self, name: str) -> str:
