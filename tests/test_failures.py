@@ -613,3 +613,28 @@ def test_a_process_never_opens_more_redis_connections_than_its_pool_allows(
     # Minus the test's own connection for this INFO.
     opened = int(private_redis.client().info("stats")["total_connections_received"]) - before - 1
     assert 1 <= opened <= 3, opened
+
+
+@pytest.mark.factor("IV", "IX")
+def test_after_redis_restarts_no_request_fails_on_a_connection_it_had_closed(
+    private_redis: RedisServer, start_service
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis restarts (its pod is replaced, say) while the pool holds idle connections to it:
+    once the service is ready again, every request is answered. Each connection the server
+    closed is replaced when next taken from the pool, not used and failed with a 503."""
+    service = start_service(
+        **redis_env(private_redis, TASKS_REDIS_MAX_CONNECTIONS="4", TASKS_REDIS_TIMEOUT_SECONDS="5")
+    )
+    warm = asyncio.run(send_burst(service.base_url, 32))  # opens all 4 pooled connections
+    assert {a.status_code for a in warm} == {200, 201}
+
+    private_redis.stop()
+    private_redis.start()
+    wait_until(
+        lambda: httpx.get(service.base_url + "/readyz").status_code == 200,
+        timeout=10,
+        what="ready again",
+    )
+    answers = asyncio.run(send_burst(service.base_url, 32))
+    failed = [(a.status_code, a.text) for a in answers if a.status_code not in (200, 201)]
+    assert not failed, failed

@@ -74,6 +74,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
     TryAgainError,
 )
+from redis.maint_notifications import MaintNotificationsConfig
 
 from service.domain import Page, Status, Task, with_new_id
 from service.errors import (
@@ -201,6 +202,10 @@ def connect(
         return _cluster_client(url, options, max_connections)
     options |= {"max_connections": max_connections, "timeout": timeout}
     options["retry"] = Retry(NoBackoff(), 0)  # one bounded attempt: the caller answers 503
+    # redis-py 8's default ("auto") skips the pool's check for a connection the server has
+    # closed, so after a Redis restart each pooled connection failed its next call (one 503
+    # per connection, long after Redis was back). The notifications need RESP3; we speak RESP2.
+    options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     pool = BlockingConnectionPool(**options)
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
