@@ -100,8 +100,9 @@ test: venv system-deps tools ## install what the tests need and run them (real R
 	$(VENV)/bin/pytest -m "not e2e and not node" --junitxml=$(REPORTS)/test.xml $(PYTEST_ARGS)
 
 .PHONY: factors
-factors: ## the twelve-factor scorecard over the reports of make test, e2e, e2e-node; fails on a gap
-	$(PYTHON) -m tests.factors --reports $(REPORTS)
+FACTOR_RUNS ?= test e2e e2e-node
+factors: ## the twelve-factor scorecard over the reports of make test, e2e, e2e-node (FACTOR_RUNS=); fails on a gap
+	$(PYTHON) -m tests.factors --reports $(REPORTS) --runs $(FACTOR_RUNS)
 
 .PHONY: lint
 lint: venv tools system-deps ## ruff, mypy --strict, hadolint, actionlint, helm lint

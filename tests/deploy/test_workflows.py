@@ -148,6 +148,23 @@ def test_ci_lints_tests_with_redis_and_builds_without_pushing() -> None:
     assert [b["with"]["push"] for b in builds] == [False]
 
 
+@pytest.mark.harness
+def test_ci_gates_on_the_twelve_factor_scorecard_over_the_test_and_e2e_reports() -> None:
+    """The factors job reads the very reports `make test` and `make e2e` wrote in their jobs."""
+    jobs = load(WORKFLOWS / "ci.yml")["jobs"]
+    assert set(jobs["factors"]["needs"]) == {"test", "e2e"}
+    assert re.search(r'^make factors FACTOR_RUNS="test e2e"$', _job_scripts(jobs["factors"]), re.M)
+    assert re.search(r"^make e2e$", _job_scripts(jobs["e2e"]), re.M)
+    reports = re.search(r"^REPORTS := \$\(CURDIR\)/(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert reports is not None
+    for run in ("test", "e2e"):
+        uploads = [s for s in jobs[run]["steps"] if "upload-artifact@" in s.get("uses", "")]
+        assert [u["with"]["path"] for u in uploads] == [f"{reports.group(1)}/{run}.xml"], run
+    (download,) = [s for s in jobs["factors"]["steps"] if "download-artifact@" in s.get("uses", "")]
+    assert download["with"]["path"] == reports.group(1)
+    assert download["with"]["merge-multiple"] is True
+
+
 @pytest.mark.factor("V")
 def test_release_builds_once_and_publishes_the_pair_image_digest_and_chart_version() -> None:
     release = load(WORKFLOWS / "release.yml")
