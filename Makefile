@@ -146,7 +146,7 @@ BASE_IMAGE   ?=
 STANDIN_BASE := localhost/tasks-base-python:3.11-stand-in
 
 .PHONY: image
-image: ## build $(IMAGE): docker when a daemon answers, else buildah (BASE_IMAGE=, VERSION=, CA_FILE=)
+image: ## build $(IMAGE): docker when a daemon answers, else buildah (BASE_IMAGE=, VERSION=, CA_FILE=, DRY_RUN=1)
 	BASE_IMAGE="$(BASE_IMAGE)" bash tests/image/build.sh $(IMAGE)
 
 .PHONY: image-base

@@ -14,6 +14,7 @@
 #                   commit date, the origin remote)
 #   TARGET          build only up to this stage (e.g. build)
 #   STORAGE_DRIVER  buildah storage driver (default vfs)
+#   DRY_RUN=1       print the build command instead of running it
 set -euo pipefail
 
 IMAGE=${1:-localhost/tasks:dev}
@@ -39,30 +40,34 @@ args=(--build-arg "VERSION=$VERSION" --build-arg "GIT_REVISION=$GIT_REVISION"
 [ -n "${TARGET:-}" ] && args+=(--target "$TARGET")
 [ -n "$CA_FILE" ] && [ -s "$CA_FILE" ] && args+=(--secret "id=ca,src=$CA_FILE")
 
-echo "building $IMAGE with $BUILDER (base: ${BASE_IMAGE:-Dockerfile default}, version $VERSION)"
+buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
 case "$BUILDER" in
-  docker)
-    DOCKER_BUILDKIT=1 exec docker build "${args[@]}" . ;;
-  buildah)
-    # --pull=false: use a base already in the store (the stand-in), pull only when missing.
-    # The labels and env come from the Dockerfile alone. buildah's --layers cache keys LABEL/ENV
-    # steps on their text, not on the build args they expand (containers/buildah#5501), so a cached
-    # step may hold another build's version or date: then the image is rebuilt without the cache,
-    # and whatever the Dockerfile makes of the args is what the image gets.
-    buildah=(buildah --storage-driver "${STORAGE_DRIVER:-vfs}")
-    "${buildah[@]}" build --isolation chroot --layers --pull=false "${args[@]}" .
-    # shellcheck disable=SC2016  # a Go template, not a shell expansion
-    meta=$("${buildah[@]}" inspect --type image --format \
-      '{{range $k, $v := .OCIv1.Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}{{range .OCIv1.Config.Env}}{{.}}{{println}}{{end}}' \
-      "$IMAGE")
-    for want in "org.opencontainers.image.version=$VERSION" "org.opencontainers.image.revision=$GIT_REVISION" \
-                "org.opencontainers.image.created=$BUILD_DATE" "TASKS_VERSION=$VERSION" \
-                "TASKS_GIT_REVISION=$GIT_REVISION" "TASKS_BUILD_DATE=$BUILD_DATE"; do
-      if ! grep -qxF -- "$want" <<<"$meta"; then
-        echo "build.sh: the layer cache gave a stale $want; rebuilding without the cache" >&2
-        exec "${buildah[@]}" build --isolation chroot --layers --no-cache --pull=false "${args[@]}" .
-      fi
-    done ;;
-  *)
-    echo "build.sh: BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
+  docker) build=(docker build "${args[@]}" .) ;;
+  # --pull=false: use a base already in the store (the stand-in), pull only when missing.
+  buildah) build=("${buildah[@]}" build --isolation chroot --layers --pull=false "${args[@]}" .) ;;
+  *) echo "build.sh: BUILDER must be docker or buildah, not $BUILDER" >&2; exit 2 ;;
 esac
+if [ -n "${DRY_RUN:-}" ]; then
+  printf '%q ' "${build[@]}"; echo; exit 0
+fi
+echo "building $IMAGE with $BUILDER (base: ${BASE_IMAGE:-Dockerfile default}, version $VERSION)"
+if [ "$BUILDER" = docker ]; then
+  DOCKER_BUILDKIT=1 exec "${build[@]}"
+fi
+# The labels and env come from the Dockerfile alone. buildah's --layers cache keys LABEL/ENV steps
+# on their text, not on the build args they expand (containers/buildah#5501), so a cached step may
+# hold another build's version or date: then the image is rebuilt without the cache, and whatever
+# the Dockerfile makes of the args is what the image gets.
+"${build[@]}"
+# shellcheck disable=SC2016  # a Go template, not a shell expansion
+meta=$("${buildah[@]}" inspect --type image --format \
+  '{{range $k, $v := .OCIv1.Config.Labels}}{{$k}}={{$v}}{{println}}{{end}}{{range .OCIv1.Config.Env}}{{.}}{{println}}{{end}}' \
+  "$IMAGE")
+for want in "org.opencontainers.image.version=$VERSION" "org.opencontainers.image.revision=$GIT_REVISION" \
+            "org.opencontainers.image.created=$BUILD_DATE" "TASKS_VERSION=$VERSION" \
+            "TASKS_GIT_REVISION=$GIT_REVISION" "TASKS_BUILD_DATE=$BUILD_DATE"; do
+  if ! grep -qxF -- "$want" <<<"$meta"; then
+    echo "build.sh: the layer cache gave a stale $want; rebuilding without the cache" >&2
+    exec "${buildah[@]}" build --isolation chroot --layers --no-cache --pull=false "${args[@]}" .
+  fi
+done
