@@ -122,10 +122,6 @@ fmt: venv ## format the code
 chart-docs: venv ## regenerate the chart README's values table from values.yaml
 	$(VENV)/bin/python -m tests.chart.values_doc
 
-.PHONY: bench
-bench: venv system-deps $(BIN)/podinfo-$(PODINFO_VERSION) ## load and startup benchmarks beside a bare FastAPI handler and podinfo (prints figures, never fails on them)
-	$(VENV)/bin/python bench/run.py
-
 # The Go peer in bench/: podinfo, the reference Kubernetes demo service, serving its Redis cache.
 # Its release tags lack the "v" the Go module proxy needs, so this is the pseudo-version of the
 # commit whose pkg/version says 6.9.2.
@@ -134,6 +130,10 @@ $(BIN)/podinfo-$(PODINFO_VERSION):
 	GOBIN=$(BIN) CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
 	  github.com/stefanprodan/podinfo/cmd/podinfo@$(PODINFO_VERSION)
 	rm -f $(BIN)/podinfo-v*; touch $@
+
+.PHONY: bench
+bench: venv system-deps $(BIN)/podinfo-$(PODINFO_VERSION) ## load and startup benchmarks beside a bare FastAPI handler and podinfo (prints figures, never fails on them)
+	$(VENV)/bin/python bench/run.py
 
 .PHONY: clean
 clean: ## remove caches (keeps .tools)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 import yaml
 
 from tests.deploy.render import KUSTOMIZE_DIR
-from tests.support import ROOT
+from tests.support import ROOT, require_tool
 
 
 def section(title: str) -> str:
@@ -73,3 +74,20 @@ def test_chart_gitops_example_is_the_ci_values_file_the_tests_render() -> None:
     (block,) = re.findall(r"```yaml\n(.*?)```", text, re.S)
     ci = ROOT / "deploy" / "helm" / "tasks" / "ci" / "gitops-values.yaml"
     assert yaml.safe_load(block) == yaml.safe_load(ci.read_text())
+
+
+@pytest.mark.factor("X")
+def test_every_make_target_the_readme_names_exists_and_plans() -> None:
+    """`make -n <target>` for each `make <target>` in the README: a target that is missing, or
+    whose prerequisites name a file no rule makes, fails here rather than on a user's machine."""
+    make = require_tool("make", "make system-deps installs make")
+    targets = sorted(set(re.findall(r"\bmake ([a-z][a-z0-9-]+)", (ROOT / "README.md").read_text())))
+    assert {"test", "e2e", "e2e-node", "factors", "bench"} <= set(targets)
+    broken = {}
+    for target in targets:
+        plan = subprocess.run(
+            [make, "-n", "-C", str(ROOT), target], capture_output=True, text=True, timeout=60
+        )
+        if plan.returncode != 0:
+            broken[target] = plan.stderr.strip()
+    assert not broken, broken
