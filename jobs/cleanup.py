@@ -12,6 +12,7 @@ survives), and holds an expiring lock so that two runs never both act.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import suppress
@@ -63,6 +64,18 @@ async def _done(store: TaskStore, batch: int) -> AsyncIterator[list[Task]]:
         yield await store.get_many(ids)
 
 
+async def _ahead(batches: AsyncIterator[list[Task]]) -> AsyncIterator[list[Task]]:
+    """The batches, each read while the one before is being deleted: Redis and this process
+    work at the same time."""
+    reading = asyncio.ensure_future(anext(batches, None))
+    try:
+        while (tasks := await reading) is not None:
+            reading = asyncio.ensure_future(anext(batches, None))
+            yield tasks
+    finally:
+        reading.cancel()
+
+
 async def purge(
     store: TaskStore,
     *,
@@ -83,7 +96,7 @@ async def purge(
             "is new): reading every done task"
         )
         batches = _done(store, batch)
-    async for tasks in batches:
+    async for tasks in _ahead(batches):
         expired = [  # as read now: the walk's view may be older
             t
             for t in tasks

@@ -802,6 +802,13 @@ class RedisTaskStore:
     # ranks of the cursor's score (the cursor's own entry may be gone): O(log^2 n) however many
     # tasks share a completion time, and the walk never reads the entries it has passed.
     _COMPLETED = """
+    local function above(a, b)  -- in byte order, as Redis sorts members (Lua's `>` uses the locale)
+      for i = 1, math.min(#a, #b) do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x > y end
+      end
+      return #a > #b
+    end
     local start = 0
     if ARGV[2] ~= '' then
       local low = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[2])
@@ -809,7 +816,7 @@ class RedisTaskStore:
       while low < high do
         local middle = math.floor((low + high) / 2)
         local id = redis.call('ZRANGE', KEYS[1], middle, middle)[1]
-        if id <= ARGV[3] then low = middle + 1 else high = middle end
+        if above(id, ARGV[3]) then high = middle else low = middle + 1 end
       end
       start = low
     end
@@ -876,20 +883,20 @@ class RedisTaskStore:
 
     # Delete each task only if it is stored as read (status, updated_at, completed_at).
     # KEYS: the index keys (_INDEXES of them), then one task hash per task.
-    # ARGV: per task, 4 values: its id, status, updated_at, completed_at ("" for none).
+    # ARGV: [1] per task, one line "<id>\t<status>\t<updated_at>\t<completed_at>\n" (completed_at
+    #   "" for none): one argument for the batch, as the client packs each argument one by one.
     # Returns the ids deleted.
     _DELETE_UNCHANGED = f"""
-    local n = #KEYS - {_INDEXES}
     local deleted = {{}}
-    for i = 1, n do
-      local base = (i - 1) * 4
-      local current = redis.call(
-        'HMGET', KEYS[{_INDEXES} + i], 'status', 'updated_at', 'completed_at')
-      if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
-          and current[3] == ARGV[base + 4] then
-        redis.call('DEL', KEYS[{_INDEXES} + i])
-        for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
-        deleted[#deleted + 1] = ARGV[base + 1]
+    local i = {_INDEXES}
+    for id, status, updated, completed in string.gmatch(
+        ARGV[1], '([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\n]*)\\n') do
+      i = i + 1
+      local current = redis.call('HMGET', KEYS[i], 'status', 'updated_at', 'completed_at')
+      if current[1] == status and current[2] == updated and current[3] == completed then
+        redis.call('DEL', KEYS[i])
+        for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], id) end
+        deleted[#deleted + 1] = id
       end
     end
     return deleted
@@ -910,11 +917,13 @@ class RedisTaskStore:
 
     async def _delete_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> IdList:
         keys = [*shard.indexes(), *(shard.task(t.id) for t in tasks)]
-        args: list[str] = []
+        lines = []
         for task in tasks:
             fields = _to_hash(task)
-            args += [task.id, fields["status"], fields["updated_at"], fields["completed_at"]]
-        return cast(IdList, await self._delete_unchanged(keys=keys, args=args))
+            lines.append(
+                f"{task.id}\t{fields['status']}\t{fields['updated_at']}\t{fields['completed_at']}\n"
+            )
+        return cast(IdList, await self._delete_unchanged(keys=keys, args=["".join(lines)]))
 
     def _by_shard(self, tasks: Sequence[Task]) -> _Groups:
         """The tasks grouped by shard: a batch script runs once per shard (one slot each)."""
