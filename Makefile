@@ -125,6 +125,10 @@ chart-docs: venv ## regenerate the chart README's values table from values.yaml
 bench: venv system-deps $(BIN)/podinfo-$(PODINFO_VERSION) ## load and startup benchmarks beside a bare FastAPI handler and podinfo (prints figures, never fails on them)
 	$(VENV)/bin/python bench/run.py
 
+.PHONY: bench-scale
+bench-scale: venv system-deps ## a list page at 10k and 1M tasks, cleanup of 1M done tasks (prints figures, never fails on them)
+	$(VENV)/bin/python bench/scale.py
+
 # The Go peer in bench/: podinfo, the reference Kubernetes demo service, serving its Redis cache.
 # Its release tags lack the "v" the Go module proxy needs, so this is the pseudo-version of the
 # commit whose pkg/version says 6.9.2.

@@ -48,6 +48,7 @@ class JobRun:
     stdout: str
     stderr: str
     peak_rss_kib: int = 0
+    cpu_seconds: float = 0.0  # user + system
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def job_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 # Peak RSS must be measured on a process that did not start as a copy of this (large) pytest
 # process: Linux carries the pre-exec high-water mark over into the child's ru_maxrss. So a
-# small wrapper forks and execs the job and reports the job's own ru_maxrss to a file.
+# small wrapper forks and execs the job and reports the job's own ru_maxrss (and CPU time) to
+# a file.
 _MEASURE = """
 import os, sys
 pid = os.fork()
@@ -95,13 +97,14 @@ if pid == 0:
     os.execv(sys.executable, [sys.executable, "-m", "jobs", *sys.argv[2:]])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
 def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float = 120) -> JobRun:
-    """`python -m jobs ...`, and its peak RSS (kernel's ru_maxrss of the job process alone)."""
+    """`python -m jobs ...`, its peak RSS (kernel's ru_maxrss of the job process alone) and
+    CPU time."""
     with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
         result = subprocess.run(
             [sys.executable, "-c", _MEASURE, rss.name, *args],
@@ -112,8 +115,10 @@ def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float 
             timeout=timeout,
             check=False,
         )
-        peak = int(rss.read() or 0)
-    return JobRun(result.returncode, result.stdout.decode(), result.stderr.decode(), peak)
+        peak, cpu = (rss.read() or "0 0").split()
+    return JobRun(
+        result.returncode, result.stdout.decode(), result.stderr.decode(), int(peak), float(cpu)
+    )
 
 
 def start_job(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
