@@ -135,6 +135,10 @@ $(BIN)/podinfo-$(PODINFO_VERSION):
 bench: venv system-deps $(BIN)/podinfo-$(PODINFO_VERSION) ## load and startup benchmarks beside a bare FastAPI handler and podinfo (prints figures, never fails on them)
 	$(VENV)/bin/python bench/run.py
 
+.PHONY: bench-scale
+bench-scale: venv system-deps ## a list page at 10k and 1M tasks, cleanup of 1M done tasks (prints figures, never fails on them)
+	$(VENV)/bin/python bench/scale.py
+
 .PHONY: clean
 clean: ## remove caches (keeps .tools)
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

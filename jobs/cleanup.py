@@ -1,6 +1,10 @@
 """`python -m jobs cleanup`: delete done tasks completed longer ago than the retention.
 
-Walks the `done` index in keyset batches (memory stays flat however many tasks there are),
+Walks the completion-time index from the oldest up to the cutoff, so a run reads only the
+expired tasks however many done ones there are ("index": "completion-time" in its summary). On
+data whose layout is older than `COMPLETION_INDEX_LAYOUT` (an upgrade before its
+`migrate --contract`: older builds still write, and do not keep the index) it walks the whole
+`done` index instead ("index": "scan"). Either walk goes in keyset batches (memory stays flat),
 deletes a task only if it is still exactly as read (a task re-opened or edited meanwhile
 survives), and holds an expiring lock so that two runs never both act.
 """
@@ -8,17 +12,20 @@ survives), and holds an expiring lock so that two runs never both act.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from jobs.runtime import BATCH, Command, JobFailed, Summary, add_batch_size, shared_store
-from service.domain import Status, utcnow
+from service.domain import Status, Task, utcnow
 from service.errors import StoreUnavailable
 from service.settings import Settings
 from service.store import TaskStore
+from service.store.base import COMPLETION_INDEX_LAYOUT, Completion, LayoutWindow
 
 log = logging.getLogger("tasks.jobs.cleanup")
 
@@ -28,11 +35,45 @@ LOCK_TTL_SECONDS = 60.0  # renewed after every batch; a crashed run frees it aft
 
 @dataclass(slots=True)
 class Counts:
+    index: str | None = None  # what it walked: "completion-time", or "scan" (every done task)
     scanned: int = 0  # done tasks looked at
     expired: int = 0  # of those, completed before the cutoff
     deleted: int = 0
     changed: int = 0  # expired when read, modified before the delete: kept
     batches: int = 0
+
+
+def indexed(window: LayoutWindow | None) -> bool:
+    """Whether every writer of data in `window` has kept the completion-time index."""
+    return window is not None and window.current >= COMPLETION_INDEX_LAYOUT
+
+
+async def _expired(store: TaskStore, cutoff: datetime, batch: int) -> AsyncIterator[list[Task]]:
+    """The tasks the completion-time index says expired, a batch at a time."""
+    after: Completion | None = None
+    while found := await store.scan_completed(before=cutoff, after=after, limit=batch):
+        after = found[-1]
+        yield await store.get_many([task_id for _, task_id in found])
+
+
+async def _done(store: TaskStore, batch: int) -> AsyncIterator[list[Task]]:
+    """Every done task, a batch at a time."""
+    after: str | None = None
+    while ids := await store.scan_ids(status=Status.done, after=after, limit=batch):
+        after = ids[-1]
+        yield await store.get_many(ids)
+
+
+async def _ahead(batches: AsyncIterator[list[Task]]) -> AsyncIterator[list[Task]]:
+    """The batches, each read while the one before is being deleted: Redis and this process
+    work at the same time."""
+    reading = asyncio.ensure_future(anext(batches, None))
+    try:
+        while (tasks := await reading) is not None:
+            reading = asyncio.ensure_future(anext(batches, None))
+            yield tasks
+    finally:
+        reading.cancel()
 
 
 async def purge(
@@ -45,11 +86,18 @@ async def purge(
 ) -> Counts:
     """Delete the done tasks completed before `cutoff`, one bounded batch at a time."""
     counts = Counts()
-    after: str | None = None
-    while ids := await store.scan_ids(status=Status.done, after=after, limit=batch):
-        after = ids[-1]
-        tasks = await store.get_many(ids)
-        expired = [
+    if indexed(await store.layout()):
+        counts.index = "completion-time"
+        batches = _expired(store, cutoff, batch)
+    else:
+        counts.index = "scan"
+        log.warning(
+            "the completion-time index is not complete (run `migrate --contract` once every pod "
+            "is new): reading every done task"
+        )
+        batches = _done(store, batch)
+    async for tasks in _ahead(batches):
+        expired = [  # as read now: the walk's view may be older
             t
             for t in tasks
             if t.status is Status.done and t.completed_at is not None and t.completed_at < cutoff

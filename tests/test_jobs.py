@@ -24,7 +24,7 @@ from service.app import create_app
 from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task, utcnow
 from service.settings import Settings
 from service.store import TaskStore, open_store
-from service.store.base import LAYOUT_VERSION
+from service.store.base import LAYOUT_VERSION, LayoutWindow
 from tests.support import (
     ROOT,
     LineReader,
@@ -48,6 +48,7 @@ class JobRun:
     stdout: str
     stderr: str
     peak_rss_kib: int = 0
+    cpu_seconds: float = 0.0  # user + system
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def job_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 # Peak RSS must be measured on a process that did not start as a copy of this (large) pytest
 # process: Linux carries the pre-exec high-water mark over into the child's ru_maxrss. So a
-# small wrapper forks and execs the job and reports the job's own ru_maxrss to a file.
+# small wrapper forks and execs the job and reports the job's own ru_maxrss (and CPU time) to
+# a file.
 _MEASURE = """
 import os, sys
 pid = os.fork()
@@ -95,13 +97,14 @@ if pid == 0:
     os.execv(sys.executable, [sys.executable, "-m", "jobs", *sys.argv[2:]])
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
+    out.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
 def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float = 120) -> JobRun:
-    """`python -m jobs ...`, and its peak RSS (kernel's ru_maxrss of the job process alone)."""
+    """`python -m jobs ...`, its peak RSS (kernel's ru_maxrss of the job process alone) and
+    CPU time."""
     with tempfile.NamedTemporaryFile(mode="r", suffix=".rss") as rss:
         result = subprocess.run(
             [sys.executable, "-c", _MEASURE, rss.name, *args],
@@ -112,8 +115,10 @@ def run_job(env: dict[str, str], *args: str, stdin: bytes = b"", timeout: float 
             timeout=timeout,
             check=False,
         )
-        peak = int(rss.read() or 0)
-    return JobRun(result.returncode, result.stdout.decode(), result.stderr.decode(), peak)
+        peak, cpu = (rss.read() or "0 0").split()
+    return JobRun(
+        result.returncode, result.stdout.decode(), result.stderr.decode(), int(peak), float(cpu)
+    )
 
 
 def start_job(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -200,7 +205,8 @@ def test_cleanup_deletes_done_tasks_past_the_retention_and_nothing_else(
         "job": "cleanup",
         "retention_seconds": 3600,
         "dry_run": False,
-        "scanned": 3,  # the done ones: the walk reads only the done index
+        "index": "completion-time",
+        "scanned": 2,  # the expired ones: the walk reads the completion-time index up to the cutoff
         "expired": 2,
         "deleted": 2,
         "changed": 0,
@@ -314,15 +320,18 @@ def test_a_second_cleanup_while_one_runs_skips_and_exits_zero(
 
 
 @pytest.mark.factor("XII", "VIII")
-def test_a_task_reopened_while_cleanup_runs_survives(settings: Settings) -> None:
+@pytest.mark.parametrize("walk", ["completion-time", "scan"])
+def test_a_task_reopened_or_edited_while_cleanup_runs_survives(
+    settings: Settings, walk: str
+) -> None:
     from jobs.cleanup import purge
 
     old = [done_task(timedelta(days=30), f"old {i}") for i in range(10)]
     seed(settings, old)
-    reopened = old[4]
+    reopened, edited = old[4], old[7]
 
-    class ReopenAfterRead:
-        """The store, with an API write landing between cleanup's read and its delete."""
+    class ChangeAfterRead:
+        """The store, with API writes landing between cleanup's read and its delete."""
 
         def __init__(self, inner: TaskStore, writer: TaskStore) -> None:
             self.inner, self.writer = inner, writer
@@ -335,20 +344,27 @@ def test_a_task_reopened_while_cleanup_runs_survives(settings: Settings) -> None
             await self.writer.update(
                 reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo))
             )
+            await self.writer.update(edited.id, lambda t: apply_patch(t, TaskPatch(title="kept")))
             return read
 
     async def scenario(store: TaskStore) -> Any:
+        if walk == "scan":  # data mid-upgrade: builds that ignore the index may still write
+            await store.set_layout(LayoutWindow(LAYOUT_VERSION - 1, 1))
         writer = open_store(settings)
         try:
-            racing = ReopenAfterRead(store, writer)
+            racing = ChangeAfterRead(store, writer)
             return await purge(racing, cutoff=utcnow() - timedelta(days=7))  # type: ignore[arg-type]
         finally:
             await writer.close()
 
     counts = with_store(settings, scenario)
-    assert (counts.expired, counts.deleted, counts.changed) == (10, 9, 1)
-    (survivor,) = all_tasks(settings)
-    assert survivor.id == reopened.id and survivor.status is Status.todo
+    assert counts.index == walk
+    assert (counts.expired, counts.deleted, counts.changed) == (10, 8, 2)
+    survivors = sorted(all_tasks(settings), key=lambda t: t.title)
+    assert [(t.id, t.status, t.title) for t in survivors] == [
+        (edited.id, Status.done, "kept"),  # still done, completed long ago: the next run's
+        (reopened.id, Status.todo, reopened.title),
+    ]
 
 
 # --- migrate ------------------------------------------------------------------------------
@@ -379,20 +395,32 @@ def test_migrate_converts_a_layout_0_store_and_a_second_run_is_a_no_op(
 
     first = run_job(env, "migrate")
     second = run_job(env, "migrate")
+    contract = run_job(env, "migrate", "--contract")
 
+    figures = ("from", "to", "applied", "converted", "pending_contract")
     assert first.code == 0, first.stderr
-    assert {k: first.summary[k] for k in ("from", "to", "applied", "converted")} == {
+    assert {k: first.summary[k] for k in figures} == {
         "from": 0,
-        "to": LAYOUT_VERSION,
-        "applied": 1,
-        "converted": 1200,
+        "to": LAYOUT_VERSION - 1,  # the last, a contraction, waits for --contract
+        "applied": 2,
+        "converted": 1200 + 400,  # every task, then the done ones indexed by completion time
+        "pending_contract": 1,
     }
     assert second.code == 0, second.stderr
-    assert {k: second.summary[k] for k in ("from", "to", "applied", "converted")} == {
-        "from": LAYOUT_VERSION,
-        "to": LAYOUT_VERSION,
+    assert {k: second.summary[k] for k in figures} == {
+        "from": LAYOUT_VERSION - 1,
+        "to": LAYOUT_VERSION - 1,
         "applied": 0,
         "converted": 0,
+        "pending_contract": 1,
+    }
+    assert contract.code == 0, contract.stderr
+    assert {k: contract.summary[k] for k in figures} == {
+        "from": LAYOUT_VERSION - 1,
+        "to": LAYOUT_VERSION,
+        "applied": 1,
+        "converted": 0,  # nothing written since the expansion
+        "pending_contract": 0,
     }
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert not plain.exists(f"{settings.redis_key_prefix}ids")
@@ -420,7 +448,7 @@ def test_concurrent_migrates_apply_the_migration_once(
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         summaries.append(json.loads(out.splitlines()[-1]))
-    assert sorted(s["applied"] for s in summaries) == [0, 1]
+    assert sorted(s["applied"] for s in summaries) == [0, 2]
     assert sum(s["converted"] for s in summaries) == 3000
     assert len(all_tasks(settings)) == 3000
 
@@ -431,11 +459,13 @@ def test_migrate_records_the_layout_of_an_empty_store(
 ) -> None:
     run = run_job(env, "migrate")
     assert run.code == 0, run.stderr
-    assert (run.summary["from"], run.summary["to"], run.summary["applied"]) == (None, 1, 0)
-    assert run.summary["min_compatible"] == 1 and run.summary["pending_contract"] == 0
+    summary = run.summary
+    assert (summary["from"], summary["to"], summary["applied"]) == (None, LAYOUT_VERSION, 0)
+    # Nothing to contract: no older build ever wrote this data.
+    assert summary["min_compatible"] == LAYOUT_VERSION and summary["pending_contract"] == 0
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert plain.get(f"{settings.redis_key_prefix}meta:layout") == str(LAYOUT_VERSION)
-    assert plain.get(f"{settings.redis_key_prefix}meta:layout-min") == "1"
+    assert plain.get(f"{settings.redis_key_prefix}meta:layout-min") == str(LAYOUT_VERSION)
 
 
 @pytest.mark.factor("XII", "IX")

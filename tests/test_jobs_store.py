@@ -72,6 +72,68 @@ def test_put_many_upserts_every_field_and_moves_the_status_index(
     assert todo == [] and done == [moved.id]
 
 
+@pytest.mark.factor("XII", "X")
+def test_every_write_keeps_the_completion_time_index(store_kind: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Create, patch, delete, put_many and delete_unchanged: the index holds exactly the done
+    tasks, at their completed_at, and `scan_completed` reads up to the bound, not past it."""
+    created = task("created done", Status.done, NOW - timedelta(hours=5))
+    completed = task("completed by a patch", Status.todo, NOW - timedelta(hours=9))
+    reopened = task("re-opened", Status.done, NOW - timedelta(hours=4))
+    deleted = task("deleted", Status.done, NOW - timedelta(hours=3))
+    imported = task("imported", Status.done, NOW - timedelta(hours=2))
+    purged = task("purged", Status.done, NOW - timedelta(hours=1))
+    recent = task("recent", Status.done, NOW + timedelta(hours=1))
+
+    async def scenario(store: TaskStore) -> list[tuple[datetime, str]]:
+        for one in (created, completed, reopened, deleted):
+            await store.create(one)
+        at = NOW - timedelta(hours=6)
+        await store.update(completed.id, lambda t: apply_patch(t, TaskPatch(status="done"), at))
+        await store.update(reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
+        await store.update(created.id, lambda t: apply_patch(t, TaskPatch(title="edited")))
+        await store.delete(deleted.id)
+        await store.put_many([imported, purged, recent])
+        await store.delete_unchanged([purged])
+        # put_many over a done task that is no longer done takes it out
+        await store.put_many(
+            [imported.model_copy(update={"status": Status.todo, "completed_at": None})]
+        )
+        return await store.scan_completed(before=NOW, after=None, limit=10)
+
+    found = with_store(make_settings(store_kind), scenario)
+    assert found == [
+        (NOW - timedelta(hours=6), completed.id),
+        (NOW - timedelta(hours=5), created.id),
+    ]
+
+
+@pytest.mark.factor("XII", "X")
+def test_scan_completed_walks_ties_by_id_and_cuts_at_the_microsecond(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Tasks completed at one instant (an import) are walked in id order, batch by batch, the
+    cursor's own entry deleted or kept; the bound is exclusive to the microsecond."""
+    same = [task(str(i), Status.done, NOW - timedelta(days=1)) for i in range(23)]
+    edge = [
+        task("a microsecond before", Status.done, NOW - timedelta(microseconds=1)),
+        task("at the bound", Status.done, NOW),
+    ]
+
+    async def walk(store: TaskStore) -> list[list[str]]:
+        await store.put_many(same + edge)
+        batches, after = [], None
+        while found := await store.scan_completed(before=NOW, after=after, limit=5):
+            batches.append([task_id for _, task_id in found])
+            after = found[-1]
+            if len(batches) % 2:  # every other batch deleted behind the cursor, its last too
+                await store.delete_unchanged(await store.get_many(batches[-1]))
+        return batches
+
+    batches = with_store(make_settings(store_kind), walk)
+    assert [len(b) for b in batches] == [5, 5, 5, 5, 4]
+    assert [i for b in batches for i in b] == [*sorted(t.id for t in same), edge[0].id]
+
+
 @pytest.mark.factor("XII", "VIII", "X")
 def test_delete_unchanged_keeps_a_task_modified_since_it_was_read(
     store_kind: str, make_settings

@@ -255,7 +255,8 @@ def test_an_empty_store_records_the_window_of_the_build_that_meets_it_first(
 
 @pytest.mark.factor("XII")
 def test_build_layouts_follow_the_kinds_of_their_migrations() -> None:
-    assert build_layout(MIGRATIONS).version == N == BUILD_LAYOUT.needs
+    assert build_layout(MIGRATIONS).version == N == BUILD_LAYOUT.version
+    assert BUILD_LAYOUT.needs == N - 1  # its last migration is a contraction it serves without
     expanded = build_layout([*MIGRATIONS, EXPAND])
     assert (expanded.version, expanded.needs, expanded.fresh_min) == (N + 1, N + 1, N)
     contracting = build_layout([*MIGRATIONS, EXPAND, CONTRACT])

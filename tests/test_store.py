@@ -6,6 +6,7 @@ import asyncio
 import inspect
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -43,6 +44,7 @@ def test_every_redis_key_starts_with_the_prefix_and_the_layout_is_recorded(
         f"prefix-test:task:{task.json()['id']}",
         "prefix-test:index:all",
         "prefix-test:index:status:done",
+        "prefix-test:index:completed",  # done tasks by completion time
         *[k for k in ours if k.startswith("prefix-test:idempotency:")],
     }
     assert any(k.startswith("prefix-test:idempotency:") for k in ours)
@@ -156,6 +158,10 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
             done = await store.update(kept.id, lambda t: apply_patch(t, TaskPatch(status="done")))
             await store.delete(gone.id)
             assert await store.scan_ids(status=None, after=None, limit=5) == [kept.id]
+            assert done.completed_at is not None
+            later = done.completed_at + timedelta(seconds=1)
+            completed = await store.scan_completed(before=later, after=None, limit=5)
+            assert completed == [(done.completed_at, kept.id)]
             assert await store.get_many([kept.id, gone.id]) == [done]
             await store.put_many([done])
             assert await store.delete_unchanged([done]) == [kept.id]

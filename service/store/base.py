@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from service.domain import Page, Status, Task
@@ -12,9 +13,31 @@ from service.errors import TasksError
 # Batch return types, named at module level (inside the protocol, `list` is a method).
 IdList = list[str]
 TaskList = list[Task]
+Completion = tuple[datetime, str]
+"""A done task's place in the completion-time index: its completed_at, then its id."""
+CompletionList = list[Completion]
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 3
 """The data layout this build writes (Redis: `<prefix>meta:layout`); migrations bump it."""
+
+COMPLETION_INDEX_LAYOUT = 3
+"""The first layout whose every writer keeps the completion-time index (`scan_completed`): on
+data older than that, builds that do not keep it may have written, so it may miss tasks."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def completion_score(completed_at: datetime) -> int:
+    """Microseconds since the epoch: completed_at's own precision, so the index orders and
+    cuts exactly as the timestamps compare (the cutoff's boundary included), and an integer
+    that a double (a Redis score) holds exactly until the year 2255."""
+    return (completed_at - _EPOCH) // _MICROSECOND
+
+
+def completed_at(score: int) -> datetime:
+    """The inverse of `completion_score`."""
+    return _EPOCH + score * _MICROSECOND
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +163,15 @@ class TaskStore(Protocol):
     async def scan_ids(self, *, status: Status | None, after: str | None, limit: int) -> IdList:
         """Up to `limit` ids above `after` (from the start when None), in id order: a keyset
         walk that is stable while tasks are deleted or added behind the cursor."""
+
+    async def scan_completed(
+        self, *, before: datetime, after: Completion | None, limit: int
+    ) -> CompletionList:
+        """Up to `limit` done tasks completed before `before`, as (completed_at, id), oldest
+        first, ties by id, after `after` (from the oldest when None): a keyset walk of the
+        completion-time index that touches none of the later ones, stable while tasks are
+        deleted or re-opened behind the cursor. Complete on data at `COMPLETION_INDEX_LAYOUT`
+        or later; on older data it may miss tasks that older builds completed."""
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         """The tasks with these ids, in that order; absent ids are skipped."""

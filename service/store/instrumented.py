@@ -77,6 +77,7 @@ class InstrumentedStore:
     delete = _timed(TaskStore.delete)
     # the admin jobs' operations
     scan_ids = _timed(TaskStore.scan_ids)
+    scan_completed = _timed(TaskStore.scan_completed)
     get_many = _timed(TaskStore.get_many)
     delete_unchanged = _timed(TaskStore.delete_unchanged)
     put_many = _timed(TaskStore.put_many)

@@ -6,11 +6,15 @@ import secrets
 import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 
 from service.domain import Page, Status, Task
 from service.errors import IdempotencyKeyReused, TaskNotFound
 from service.store.base import (
     LAYOUT_VERSION,
+    Completion,
+    CompletionList,
     Created,
     Idempotency,
     IdList,
@@ -19,6 +23,7 @@ from service.store.base import (
 )
 
 Ids = list[str]  # sorted task ids
+T = TypeVar("T", str, Completion)  # what an index holds
 
 
 class MemoryTaskStore:
@@ -28,6 +33,7 @@ class MemoryTaskStore:
         self._tasks: dict[str, Task] = {}
         # Sorted ids, for all tasks (key None) and per status.
         self._index: dict[Status | None, Ids] = {None: [], **{s: [] for s in Status}}
+        self._completed: CompletionList = []  # done tasks, sorted by (completed_at, id)
         self._idempotency: dict[str, tuple[float, str, Task]] = {}
         self._layout = LayoutWindow(LAYOUT_VERSION, LAYOUT_VERSION)  # no other build shares it
         self._locks: dict[str, tuple[float, str]] = {}  # name -> (expires, token)
@@ -53,6 +59,8 @@ class MemoryTaskStore:
         self._tasks[task.id] = task
         insort(self._index[None], task.id)
         insort(self._index[task.status], task.id)
+        if (entry := _completion(task)) is not None:
+            insort(self._completed, entry)
         return Created(task)
 
     async def get(self, task_id: str) -> Task:
@@ -79,8 +87,12 @@ class MemoryTaskStore:
             return current
         self._tasks[task_id] = new
         if new.status is not current.status:
-            self._remove(self._index[current.status], task_id)
+            _remove(self._index[current.status], task_id)
             insort(self._index[new.status], task_id)
+        if (entry := _completion(current)) != _completion(new):
+            _remove(self._completed, entry)
+            if (added := _completion(new)) is not None:
+                insort(self._completed, added)
         return new
 
     async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
@@ -90,8 +102,9 @@ class MemoryTaskStore:
         if check is not None:
             check(task)
         del self._tasks[task_id]
-        self._remove(self._index[None], task_id)
-        self._remove(self._index[task.status], task_id)
+        _remove(self._index[None], task_id)
+        _remove(self._index[task.status], task_id)
+        _remove(self._completed, _completion(task))
 
     # --- for the admin jobs (parity with Redis; the jobs themselves refuse this store) -------
 
@@ -99,6 +112,14 @@ class MemoryTaskStore:
         ids = self._index[status]
         start = bisect_right(ids, after) if after is not None else 0
         return ids[start : start + limit]
+
+    async def scan_completed(
+        self, *, before: datetime, after: Completion | None, limit: int
+    ) -> CompletionList:
+        done = self._completed
+        start = bisect_right(done, after) if after is not None else 0
+        end = bisect_left(done, (before, ""))
+        return done[start : min(end, start + limit)]
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         return [self._tasks[i] for i in task_ids if i in self._tasks]
@@ -155,11 +176,17 @@ class MemoryTaskStore:
                 break
             del self._idempotency[key]
 
-    @staticmethod
-    def _remove(ids: Ids, task_id: str) -> None:
-        position = bisect_left(ids, task_id)
-        if position < len(ids) and ids[position] == task_id:
-            del ids[position]
+
+def _remove(entries: list[T], entry: T | None) -> None:
+    """Remove `entry` from a sorted index, if it is there."""
+    position = bisect_left(entries, entry) if entry is not None else len(entries)
+    if position < len(entries) and entries[position] == entry:
+        del entries[position]
+
+
+def _completion(task: Task) -> Completion | None:
+    """The task's entry in the completion-time index (done tasks only)."""
+    return None if task.completed_at is None else (task.completed_at, task.id)
 
 
 def _version(task: Task) -> tuple[object, ...]:

@@ -5,10 +5,13 @@ Layout 0 (before the layout was versioned; there is no `<prefix>meta:layout`):
     <prefix>ids                     set of task ids
     <prefix>task:<id>               string: the task as JSON
 
-Layout 1 is the one `service.store.redis` documents (hashes, id and status indexes). Each
-migration moves the data from `version - 1` to `version` in batches, and is safe to re-run after a
-crash: a task is converted and removed from the old structure in one transaction. The runner
-records the layout after each step, so running it again is a no-op.
+Layout 1: tasks as hashes, indexed by id and by status. Layout 2 adds the completion-time
+index (`<prefix>index:completed`, per shard) and backfills it; builds of layout 1 keep serving and
+do not keep it. Layout 3 (a contraction) completes it: from there on cleanup reads it rather than
+every done task. `service.store.redis` documents the layout. Each migration moves the data from
+`version - 1` to `version` in batches, and is safe to re-run after a crash (a task is converted,
+or indexed, in one atomic step). The runner records the layout after each step, so running it
+again is a no-op.
 
 The window. Next to the layout the store records the oldest build layout that may still read
 and write the data (`<prefix>meta:layout-min`). A build serves (ready, writes allowed) while the
@@ -26,6 +29,9 @@ Writing a migration: every one says what kind of `Change` it is.
   to them is refused. As the build's last migration, the hook leaves it pending: run
   `python -m jobs migrate --contract` once every pod runs this build and rolling back is no
   longer wanted. Only the last can wait: a build needs every migration before its last.
+  One that must see what those builds no longer write (a backfill of an index they did not
+  keep) stops them first (`_stop_older_builds`: the floor moves, the layout stays, and their
+  writes in flight land), then does its work: a crash in between leaves it to run again.
 - BREAKING: neither (as 0 -> 1: no older build reads the new form, and this build reads only
   it). It moves the floor to its version and runs in the hook: old pods stop serving until the
   new ones are ready, a short outage. Prefer an expansion now and a contraction a release later.
@@ -39,17 +45,27 @@ contraction stop serving, as with a breaking change.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import cast
 
+from redis.commands.core import AsyncScript
 from redis.exceptions import WatchError
 
-from service.domain import Task
-from service.store.base import LAYOUT_VERSION, BuildLayout, LayoutMismatch, LayoutWindow
-from service.store.redis import REDIS_FAILURES, RedisTaskStore, _to_hash, unavailable
+from service.domain import Status, Task
+from service.store.base import (
+    COMPLETION_INDEX_LAYOUT,
+    LAYOUT_VERSION,
+    BuildLayout,
+    LayoutMismatch,
+    LayoutWindow,
+    completion_score,
+)
+from service.store.redis import REDIS_FAILURES, RedisTaskStore, ShardKeys, _to_hash, unavailable
 
 log = logging.getLogger("tasks.migrations")
 
@@ -152,6 +168,84 @@ def _parse_v0(task_id: str, raw: str) -> Task:
     return task
 
 
+# Put each task of a batch in its shard's completion-time index as read, or out of it.
+# KEYS: [1] index:completed, then one task hash per task.
+# ARGV: per task, 3 values: its id, its completed_at as read ("" for none), its score.
+# A done task still completed as read is added at its score (moved, if its entry is stale), a
+# task no longer done (or gone) is removed; one completed again since it was read is left to its
+# writer. Returns how many entries it added, moved or removed.
+_REINDEX = """
+local changed = 0
+for i = 1, #KEYS - 1 do
+  local id, read, score = ARGV[3 * i - 2], ARGV[3 * i - 1], ARGV[3 * i]
+  local current = redis.call('HMGET', KEYS[1 + i], 'status', 'completed_at')
+  if current[1] ~= 'done' then
+    changed = changed + redis.call('ZREM', KEYS[1], id)
+  elseif read ~= '' and current[2] == read then
+    changed = changed + redis.call('ZADD', KEYS[1], 'CH', score, id)
+  end
+end
+return changed
+"""
+
+
+async def _index_completion_times(store: RedisTaskStore) -> int:
+    """Layout 1 -> 2 (and again in 2 -> 3): every done task in its shard's completion-time
+    index at its completed_at, and no other task there."""
+    script = store.client.register_script(_REINDEX)
+    changed = 0
+    for shard in store.keys.shards:
+        done, after = shard.status(Status.done), "-"
+        while ids := cast(
+            list[str], await store.client.zrangebylex(done, after, "+", start=0, num=BATCH)
+        ):
+            changed += await _reindex(store, script, shard, ids)
+            after = f"({ids[-1]}"
+        cursor = 0
+        while True:  # the entries of tasks re-opened or deleted by builds that ignore the index
+            cursor, entries = await store.client.zscan(shard.completed, cursor, count=BATCH)
+            if entries:
+                ids = [cast(str, task_id) for task_id, _ in entries]
+                changed += await _reindex(store, script, shard, ids)
+            if cursor == 0:
+                break
+    return changed
+
+
+async def _reindex(
+    store: RedisTaskStore, script: AsyncScript, shard: ShardKeys, ids: list[str]
+) -> int:
+    """One batch: each task's completed_at read, then the index set from it, atomically per
+    task (a task changed in between is left to its writer)."""
+    async with store.client.pipeline(transaction=False) as read:
+        for task_id in ids:
+            read.hget(shard.task(task_id), "completed_at")
+        completed = cast(list[str | None], await read.execute())
+    args: list[str | int] = []
+    for task_id, at in zip(ids, completed, strict=True):
+        score = completion_score(datetime.fromisoformat(at)) if at else ""
+        args += [task_id, at or "", score]
+    keys = [shard.completed, *(shard.task(i) for i in ids)]
+    return int(await script(keys=keys, args=args))
+
+
+async def _stop_older_builds(store: RedisTaskStore, version: int) -> None:
+    """The floor moves to `version` (the layout stays), then the writes in flight of the builds
+    it no longer admits land: from here on only builds of `version` or newer write."""
+    window = await store.layout()
+    assert window is not None  # a migration runs on data that has a layout
+    await store.set_layout(LayoutWindow(window.current, max(window.min_compatible, version)))
+    await asyncio.sleep(store.write_lag_seconds)
+
+
+async def _complete_the_completion_index(store: RedisTaskStore) -> int:
+    """Layout 2 -> 3: builds of layout 1 stop, then the index is backfilled once more, for
+    what they completed, re-opened or deleted since layout 2; every writer keeps it from then
+    on, so cleanup may read it alone."""
+    await _stop_older_builds(store, COMPLETION_INDEX_LAYOUT)
+    return await _index_completion_times(store)
+
+
 def build_layout(migrations: Sequence[Migration]) -> BuildLayout:
     """The layouts served by a build whose history is `migrations` (in order, from 1)."""
     assert [m.version for m in migrations] == list(range(1, len(migrations) + 1))
@@ -166,6 +260,13 @@ def build_layout(migrations: Sequence[Migration]) -> BuildLayout:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tasks as hashes, indexed by id and by status", _tasks_to_hashes, Change.BREAKING),
+    Migration(2, "done tasks indexed by completion time", _index_completion_times),
+    Migration(
+        COMPLETION_INDEX_LAYOUT,
+        "every writer keeps the completion-time index: cleanup reads it",
+        _complete_the_completion_index,
+        Change.CONTRACT,
+    ),
 )
 assert [m.version for m in MIGRATIONS] == list(range(1, LAYOUT_VERSION + 1))
 BUILD_LAYOUT = build_layout(MIGRATIONS)

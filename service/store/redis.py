@@ -2,11 +2,13 @@
 
 Key space (every key starts with the configured prefix, default `tasks:`):
 
-    <prefix>meta:layout             "1": version of this layout (migrations bump it)
-    <prefix>meta:layout-min         "1": the oldest build layout that may read and write it
+    <prefix>meta:layout             "3": version of this layout (migrations bump it)
+    <prefix>meta:layout-min         "3": the oldest build layout that may read and write it
     <prefix>task:<id>               hash: the task's fields ("" for a null completed_at)
     <prefix>index:all               sorted set of ids, all scores 0, so ordered by id = by creation
     <prefix>index:status:<status>   the same, per status
+    <prefix>index:completed         sorted set of the done tasks' ids, scored by completed_at
+                                    (`completion_score`: microseconds since the epoch)
     <prefix>idempotency:<sha256>    "<body fingerprint>\\n<task json>", expiring after the TTL
     <prefix>lock:<name>             a job's lock: a random token, expiring (SET NX PX)
 
@@ -26,6 +28,12 @@ patch or a conditional delete, the batches of the jobs. Nothing WATCHes or opens
 a cancelled call would have to reset, so the timeout bounds each operation as a whole, waiting
 for a pooled connection included. A listing reads its index range and the hashes in one
 script too, so a page is a consistent snapshot.
+
+The completion-time index: every script that changes a task keeps it too (a done task is in it,
+no other), so cleanup reads only the expired tasks (`scan_completed`). Builds of layout 1 did not
+keep it: layout 2 backfills it while they may still serve, layout 3 (a contraction, run by
+`python -m jobs migrate --contract`) stops them and backfills it again, and only on data at
+layout 3 or later (`COMPLETION_INDEX_LAYOUT`) does cleanup rely on it.
 
 Failures: every Redis error becomes `StoreUnavailable` with its reason (never the command or
 its arguments, which hold task data). A read-only node (READONLY, MASTERDOWN, or ROLE on the
@@ -52,6 +60,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -86,6 +95,8 @@ from service.errors import (
 from service.settings import redis_urls
 from service.store.base import (
     BuildLayout,
+    Completion,
+    CompletionList,
     Created,
     Idempotency,
     IdList,
@@ -93,10 +104,11 @@ from service.store.base import (
     LayoutWindow,
     ShardCountMismatch,
     TaskList,
+    completed_at,
+    completion_score,
 )
 
 T = TypeVar("T")
-_Rows = list[dict[str, str]]
 _Groups = list[tuple["ShardKeys", list[Task]]]  # tasks by shard
 _Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
 log = logging.getLogger("tasks.store")
@@ -267,6 +279,7 @@ class ShardKeys:
         self.number = number
         self.base = base
         self.all = f"{base}index:all"
+        self.completed = f"{base}index:completed"
 
     def task(self, task_id: str) -> str:
         return f"{self.base}task:{task_id}"
@@ -281,8 +294,9 @@ class ShardKeys:
         return f"{self.base}idempotency:{digest}"
 
     def indexes(self) -> list[str]:
-        """The id index and every status index (a delete removes the id from all of them)."""
-        return [self.all, *(self.status(s) for s in Status)]
+        """The id index, every status index and the completion-time index, in this order (a
+        delete removes the id from all of them)."""
+        return [self.all, *(self.status(s) for s in Status), self.completed]
 
 
 class RedisKeys:
@@ -328,7 +342,8 @@ class RedisKeys:
 
 # What the Lua scripts share; each script sits in RedisTaskStore next to the operation that
 # calls it, with its KEYS and ARGV, and is registered once per process (in __init__).
-_INDEXES = 1 + len(Status)  # the index keys: index:all, then one per status (RedisKeys.indexes)
+# The index keys: index:all, one per status, index:completed (ShardKeys.indexes).
+_INDEXES = 2 + len(Status)
 _FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
@@ -349,6 +364,11 @@ def _from_hash(fields: Mapping[str, str]) -> Task:
 def _field_values(task: Task) -> list[str]:
     fields = _to_hash(task)
     return [fields[name] for name in _FIELDS]
+
+
+def _score(task: Task) -> int | str:
+    """The task's score in the completion-time index; "" for a task that is not done."""
+    return "" if task.completed_at is None else completion_score(task.completed_at)
 
 
 class RedisTaskStore:
@@ -389,6 +409,8 @@ class RedisTaskStore:
         self._delete_script = client.register_script(self._DELETE)
         self._delete_unchanged = client.register_script(self._DELETE_UNCHANGED)
         self._put = client.register_script(self._PUT)
+        self._completed_script = client.register_script(self._COMPLETED)
+        self._get_many_script = client.register_script(self._GET_MANY)
         self._renew_lock = client.register_script(self._RENEW_LOCK)
         self._release_lock = client.register_script(self._RELEASE_LOCK)
 
@@ -405,6 +427,13 @@ class RedisTaskStore:
     def build(self) -> BuildLayout:
         """The data layouts this build serves."""
         return self._build
+
+    @property
+    def write_lag_seconds(self) -> float:
+        """How long after the window moves a write of a build it no longer admits may still
+        land: a build checks the window at most a second before a write, and a write takes at
+        most the operation timeout (the builds of one release share that setting)."""
+        return _LAYOUT_RECHECK_SECONDS + self._timeout
 
     async def _bounded(self, operation: Awaitable[T]) -> T:
         """Run one store operation within the timeout; any Redis failure becomes
@@ -533,20 +562,22 @@ class RedisTaskStore:
             await self._redis.aclose(close_connection_pool=True)
 
     # Create, atomically, optionally under an Idempotency-Key.
-    # KEYS: [1] the task's hash, [2] index:all, [3] its status index, [4] (with a key only) the
-    #   idempotency record.
+    # KEYS: [1] the task's hash, [2] index:all, [3] its status index, [4] index:completed,
+    #   [5] (with a key only) the idempotency record.
     # ARGV: [1] the task id, [2] the idempotency record ("<fingerprint>\n<task json>") or "",
-    #   [3] its TTL in seconds or "", [4..] the hash's field/value pairs.
+    #   [3] its TTL in seconds or "", [4] its completion score or "" (not done), [5..] the
+    #   hash's field/value pairs.
     # Returns nil when it created the task, else the record stored earlier under the key.
     _CREATE = """
-    if KEYS[4] then
-      local remembered = redis.call('GET', KEYS[4])
+    if KEYS[5] then
+      local remembered = redis.call('GET', KEYS[5])
       if remembered then return remembered end
-      redis.call('SET', KEYS[4], ARGV[2], 'EX', ARGV[3])
+      redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[3])
     end
-    redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
     redis.call('ZADD', KEYS[2], 0, ARGV[1])
     redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
     return false
     """
 
@@ -562,8 +593,8 @@ class RedisTaskStore:
             if home is not shard:  # the task takes an id in the key's shard: one slot, one script
                 task = with_new_id(task, lambda task_id: self._keys.shard_of(task_id) is home)
                 shard = home
-        keys = [shard.task(task.id), shard.all, shard.status(task.status)]
-        args: list[str | int] = [task.id, "", ""]
+        keys = [shard.task(task.id), shard.all, shard.status(task.status), shard.completed]
+        args: list[str | int] = [task.id, "", "", _score(task)]
         if idempotency is not None and record is not None:
             keys.append(record)
             args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
@@ -645,9 +676,10 @@ class RedisTaskStore:
 
     # Compare-and-set of a patch: write the new fields only if the hash still holds every field
     # as read.
-    # KEYS: [1] the task's hash, [2] its current status index, [3] its new status index.
-    # ARGV: [1] the task id, [2 .. 1+n] the fields as read, [2+n .. 1+2n] the new fields
-    #   (n fields in _FIELDS order).
+    # KEYS: [1] the task's hash, [2] its current status index, [3] its new status index,
+    #   [4] index:completed.
+    # ARGV: [1] the task id, [2] its new completion score or "" (not done), [3 .. 2+n] the
+    #   fields as read, [3+n .. 2+2n] the new fields (n fields in _FIELDS order).
     # Returns 1 when written, 0 when the task is gone, -1 when it changed since it was read.
     _UPDATE = (
         _LUA_FIELD_NAMES
@@ -656,17 +688,22 @@ class RedisTaskStore:
     local current = redis.call('HMGET', KEYS[1], unpack(names))
     if not current[1] then return 0 end
     for i = 1, n do
-      if current[i] ~= ARGV[1 + i] then return -1 end
+      if current[i] ~= ARGV[2 + i] then return -1 end
     end
     local fields = {}
     for i = 1, n do
       fields[2 * i - 1] = names[i]
-      fields[2 * i] = ARGV[1 + n + i]
+      fields[2 * i] = ARGV[2 + n + i]
     end
     redis.call('HSET', KEYS[1], unpack(fields))
     if KEYS[2] ~= KEYS[3] then
       redis.call('ZREM', KEYS[2], ARGV[1])
       redis.call('ZADD', KEYS[3], 0, ARGV[1])
+    end
+    if ARGV[2] ~= '' then
+      redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+    else
+      redis.call('ZREM', KEYS[4], ARGV[1])
     end
     return 1
     """
@@ -687,8 +724,13 @@ class RedisTaskStore:
             new = change(current)
             if new is current:
                 return current
-            keys = [key, shard.status(current.status), shard.status(new.status)]
-            args = [task_id, *(fields.get(name, "") for name in _FIELDS), *_field_values(new)]
+            keys = [key, shard.status(current.status), shard.status(new.status), shard.completed]
+            args = [
+                task_id,
+                _score(new),
+                *(fields.get(name, "") for name in _FIELDS),
+                *_field_values(new),
+            ]
             written = await self._update_script(keys=keys, args=args)
             if written == 0:
                 raise TaskNotFound()
@@ -751,34 +793,110 @@ class RedisTaskStore:
         )
         return sorted(i for batch in batches for i in cast(IdList, batch))[:limit]
 
+    # One shard's next done tasks in completion order, after a (score, id) cursor.
+    # KEYS: [1] index:completed.
+    # ARGV: [1] the bound: only scores below it, [2] the cursor's score or "" (from the start),
+    #   [3] the cursor's id, [4] how many.
+    # Returns a flat list: id, score, id, score, ...
+    # Members of one score sort by id, so the first above the cursor is found by bisecting the
+    # ranks of the cursor's score (the cursor's own entry may be gone): O(log^2 n) however many
+    # tasks share a completion time, and the walk never reads the entries it has passed.
+    _COMPLETED = """
+    local function above(a, b)  -- in byte order, as Redis sorts members (Lua's `>` uses the locale)
+      for i = 1, math.min(#a, #b) do
+        local x, y = string.byte(a, i), string.byte(b, i)
+        if x ~= y then return x > y end
+      end
+      return #a > #b
+    end
+    local start = 0
+    if ARGV[2] ~= '' then
+      local low = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[2])
+      local high = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[2])
+      while low < high do
+        local middle = math.floor((low + high) / 2)
+        local id = redis.call('ZRANGE', KEYS[1], middle, middle)[1]
+        if above(id, ARGV[3]) then high = middle else low = middle + 1 end
+      end
+      start = low
+    end
+    local found = redis.call('ZRANGE', KEYS[1], start, start + ARGV[4] - 1, 'WITHSCORES')
+    local below = tonumber(ARGV[1])
+    for i = 2, #found, 2 do
+      if tonumber(found[i]) >= below then
+        return {unpack(found, 1, i - 2)}
+      end
+    end
+    return found
+    """
+
+    async def scan_completed(
+        self, *, before: datetime, after: Completion | None, limit: int
+    ) -> CompletionList:
+        return await self._bounded(self._scan_completed(before, after, limit))
+
+    async def _scan_completed(
+        self, before: datetime, after: Completion | None, limit: int
+    ) -> CompletionList:
+        # Each shard's first `limit` after the cursor (ids and scores only), merged.
+        cursor = ["", ""] if after is None else [completion_score(after[0]), after[1]]
+        bound = completion_score(before)
+        replies = await _each(
+            self._completed_script(keys=[shard.completed], args=[bound, *cursor, limit])
+            for shard in self._keys.shards
+        )
+        found = sorted(
+            (int(float(score)), task_id)
+            for reply in cast(list[list[str]], replies)
+            for task_id, score in zip(reply[::2], reply[1::2], strict=True)
+        )[:limit]
+        return [(completed_at(score), task_id) for score, task_id in found]
+
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         if not task_ids:
             return []
         return await self._bounded(self._get_many(task_ids))
 
+    # Read a batch of one shard's task hashes in one command: a script costs the client one
+    # request and one reply to decode, a pipeline one of each per task.
+    # KEYS: the task hashes. ARGV: none. Returns one flat HGETALL reply per key (empty: absent).
+    _GET_MANY = """
+    local rows = {}
+    for i, key in ipairs(KEYS) do rows[i] = redis.call('HGETALL', key) end
+    return rows
+    """
+
     async def _get_many(self, task_ids: Sequence[str]) -> TaskList:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids:
-                pipe.hgetall(self._keys.task(task_id))
-            rows: _Rows = await pipe.execute()
-        return [_from_hash(row) for row in rows if row]
+        groups: dict[int, list[str]] = {}
+        for task_id in task_ids:
+            groups.setdefault(self._keys.shard_of(task_id).number, []).append(task_id)
+        replies = await _each(
+            self._get_many_script(keys=[self._keys.shards[number].task(i) for i in ids])
+            for number, ids in groups.items()
+        )
+        rows: dict[str, dict[str, str]] = {}
+        for ids, flat in zip(groups.values(), cast(list[list[list[str]]], replies), strict=True):
+            for task_id, row in zip(ids, flat, strict=True):
+                if row:
+                    rows[task_id] = dict(zip(row[::2], row[1::2], strict=True))
+        return [_from_hash(rows[i]) for i in task_ids if i in rows]
 
     # Delete each task only if it is stored as read (status, updated_at, completed_at).
     # KEYS: the index keys (_INDEXES of them), then one task hash per task.
-    # ARGV: per task, 4 values: its id, status, updated_at, completed_at ("" for none).
+    # ARGV: [1] per task, one line "<id>\t<status>\t<updated_at>\t<completed_at>\n" (completed_at
+    #   "" for none): one argument for the batch, as the client packs each argument one by one.
     # Returns the ids deleted.
     _DELETE_UNCHANGED = f"""
-    local n = #KEYS - {_INDEXES}
     local deleted = {{}}
-    for i = 1, n do
-      local base = (i - 1) * 4
-      local current = redis.call(
-        'HMGET', KEYS[{_INDEXES} + i], 'status', 'updated_at', 'completed_at')
-      if current[1] == ARGV[base + 2] and current[2] == ARGV[base + 3]
-          and current[3] == ARGV[base + 4] then
-        redis.call('DEL', KEYS[{_INDEXES} + i])
-        for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], ARGV[base + 1]) end
-        deleted[#deleted + 1] = ARGV[base + 1]
+    local i = {_INDEXES}
+    for id, status, updated, completed in string.gmatch(
+        ARGV[1], '([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\n]*)\\n') do
+      i = i + 1
+      local current = redis.call('HMGET', KEYS[i], 'status', 'updated_at', 'completed_at')
+      if current[1] == status and current[2] == updated and current[3] == completed then
+        redis.call('DEL', KEYS[i])
+        for k = 1, {_INDEXES} do redis.call('ZREM', KEYS[k], id) end
+        deleted[#deleted + 1] = id
       end
     end
     return deleted
@@ -799,11 +917,13 @@ class RedisTaskStore:
 
     async def _delete_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> IdList:
         keys = [*shard.indexes(), *(shard.task(t.id) for t in tasks)]
-        args: list[str] = []
+        lines = []
         for task in tasks:
             fields = _to_hash(task)
-            args += [task.id, fields["status"], fields["updated_at"], fields["completed_at"]]
-        return cast(IdList, await self._delete_unchanged(keys=keys, args=args))
+            lines.append(
+                f"{task.id}\t{fields['status']}\t{fields['updated_at']}\t{fields['completed_at']}\n"
+            )
+        return cast(IdList, await self._delete_unchanged(keys=keys, args=["".join(lines)]))
 
     def _by_shard(self, tasks: Sequence[Task]) -> _Groups:
         """The tasks grouped by shard: a batch script runs once per shard (one slot each)."""
@@ -813,30 +933,36 @@ class RedisTaskStore:
         return [(self._keys.shards[number], group) for number, group in groups.items()]
 
     # Upsert tasks exactly as given, indexes kept consistent, as one atomic batch (per shard).
-    # KEYS: the index keys (_INDEXES of them), then one task hash per task.
-    # ARGV: per task, its status index's position in KEYS (2 on), then its fields in _FIELDS order.
+    # KEYS: the index keys (_INDEXES of them, index:completed last), then one task hash per task.
+    # ARGV: per task, its status index's position in KEYS (2 on), its completion score or ""
+    #   (not done), then its fields in _FIELDS order.
     # Returns how many tasks it wrote.
     _PUT = (
         _LUA_FIELD_NAMES
         + f"""
-    local width = 1 + #names
+    local width = 2 + #names
     for i = 1, #KEYS - {_INDEXES} do
       local base = (i - 1) * width
-      local id = ARGV[base + 2]
+      local id = ARGV[base + 3]
       local fields = {{}}
       for f = 1, #names do
         fields[2 * f - 1] = names[f]
-        fields[2 * f] = ARGV[base + 1 + f]
+        fields[2 * f] = ARGV[base + 2 + f]
       end
       redis.call('DEL', KEYS[{_INDEXES} + i])
       redis.call('HSET', KEYS[{_INDEXES} + i], unpack(fields))
       redis.call('ZADD', KEYS[1], 0, id)
-      for k = 2, {_INDEXES} do
+      for k = 2, {_INDEXES} - 1 do
         if k == tonumber(ARGV[base + 1]) then
           redis.call('ZADD', KEYS[k], 0, id)
         else
           redis.call('ZREM', KEYS[k], id)
         end
+      end
+      if ARGV[base + 2] ~= '' then
+        redis.call('ZADD', KEYS[{_INDEXES}], ARGV[base + 2], id)
+      else
+        redis.call('ZREM', KEYS[{_INDEXES}], id)
       end
     end
     return #KEYS - {_INDEXES}
@@ -852,13 +978,13 @@ class RedisTaskStore:
         await _each(self._put_in(shard, group) for shard, group in self._by_shard(tasks))
 
     async def _put_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> None:
-        indexes = shard.indexes()  # all, then one per status in Status order
+        indexes = shard.indexes()  # all, one per status in Status order, completed
         position = {status: indexes.index(shard.status(status)) + 1 for status in Status}
         keys, args = list(indexes), list[str | int]()
         for task in tasks:
             fields = _to_hash(task)
             keys.append(shard.task(task.id))
-            args += [position[task.status], *(fields[name] for name in _FIELDS)]
+            args += [position[task.status], _score(task), *(fields[name] for name in _FIELDS)]
         await self._put(keys=keys, args=args)  # one script: the shard's part is atomic
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
