@@ -4,8 +4,9 @@ Starts a throwaway redis-server, the service, bench/baseline.py and podinfo (the
 Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them with wrk, and
 prints req/s and p50/p99 for GET one task, POST and a list page of 50 (the POSTs fill it), the GET
 ratios to the baseline and to podinfo's Redis-backed `GET /cache/{key}` on one core (GOMAXPROCS=1)
-serving the same JSON, POST and list as shares of GET, start-to-ready time and RSS. Then the same GET and list against a second service in cluster mode
-(a Redis Cluster of 3 primaries and 3 replicas, on loopback too), beside the standalone figures.
+serving the same JSON, POST and list as shares of GET, start-to-ready time and RSS. Then the same
+GET and list against a second service in cluster mode (a Redis Cluster of 3 primaries and 3
+replicas, on loopback too), beside the standalone figures.
 Prints figures; never fails on them. Runs in about two minutes.
 
 On a shared machine wall-clock figures move with the load, so the GETs are measured in
