@@ -294,7 +294,9 @@ def test_a_second_cleanup_while_one_runs_skips_and_exits_zero(
     settings: Settings, env: dict[str, str]
 ) -> None:
     seed(settings, [done_task(timedelta(days=30)) for _ in range(300)])
-    first = start_job(env, "cleanup", "--batch-size", "1")
+    # The pause lands while a call is in flight: a budget longer than the pause lets that call
+    # finish after it (the default 1 s would expire during a slow second run and fail the first).
+    first = start_job({**env, "TASKS_REDIS_TIMEOUT_SECONDS": "30"}, "cleanup", "--batch-size", "1")
     try:
         assert first.stderr is not None and first.stdout is not None
         log = LineReader(first.stderr)
