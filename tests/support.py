@@ -34,10 +34,13 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 
 
 def with_store(settings: Settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:
-    """Run `body` against a store opened from `settings`, outside any running event loop."""
+    """Run `body` against a store opened from `settings`, outside any running event loop: the
+    test's own hands (seeding, reading back), so each call gets a budget a loaded machine meets
+    rather than the service's default second."""
+    hands = settings.model_copy(update={"redis_timeout_seconds": 30.0})
 
     async def run() -> T:
-        store = open_store(settings)
+        store = open_store(hands)
         try:
             return await body(store)
         finally:
