@@ -1,8 +1,9 @@
 """Rung 6: a Docker daemon of our own (Debian's docker.io) for `docker build`, `docker run`,
 skaffold and kind, in a private network and mount namespace (netns.py); state in .cache/docker/.
 
-Inside the namespace: loopback, a tmpfs on /run (containerd's shim sockets, the xtables lock), an
-overlay on /opt (containerd makes /opt/containerd), a sysfs of the namespace's own (so
+Inside the namespace: loopback, a tmpfs on /run (containerd's shim sockets, the xtables lock),
+overlays on /opt (containerd makes /opt/containerd) and /usr/lib (dockerd makes a missing bind
+source, such as the /lib/modules of a kind node), a sysfs of the namespace's own (so
 /sys/class/net shows its bridges; the cgroup mounts are carried over), and a tmpfs on /etc/docker
 holding daemon.json (dockerd also writes key.json there).
 dockerd keeps its data (images, build cache: reused by the next `up`) and its exec root under
@@ -138,6 +139,8 @@ def setup_namespace(paths: Paths) -> None:
     run(["ip", "link", "set", "lo", "up"])
     run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run"])
     netns.overlay(paths, "/opt")  # the containerd dockerd starts makes /opt/containerd
+    # kind's nodes bind-mount /lib/modules, which dockerd creates when missing (this host has none).
+    netns.overlay(paths, "/usr/lib")
     # A sysfs mounted in this network namespace shows its own devices; the cgroup hierarchies
     # under it move across unchanged.
     keep = "/run/cgroup"

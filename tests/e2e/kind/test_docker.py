@@ -135,3 +135,23 @@ def test_skaffold_build_builds_the_artifact_against_the_daemon(
     assert inspect["Config"]["User"] == "10001:10001"
     assert inspect["Config"]["Labels"]["org.opencontainers.image.version"] == "0.0.0-dev"
     assert "Pushing" not in proc.stdout
+
+
+@pytest.mark.harness
+def test_a_privileged_root_container_runs_and_takes_a_privileged_exec(
+    docker_daemon: State,
+) -> None:
+    """What kind does with every node (`docker run --privileged`, then `docker exec --privileged`
+    as root): Docker 20.10 asks for every capability there, runc_caps.py drops the ones this
+    machine's bounding set lacks."""
+    name = f"tasks-e2e-privileged-{free_ports(1)[0]}"
+    image = docker_harness.STANDIN_BASE
+    docker("run", "--detach", "--name", name, "--privileged", "--user", "0", image, "sleep", "60")
+    try:
+        caps = docker("exec", "--privileged", name, "grep", "^CapEff", "/proc/self/status")
+        bounding = int(Path("/proc/self/status").read_text().split("CapBnd:")[1].split()[0], 16)
+        # Every capability Docker 20.10 knows (up to CAP_AUDIT_READ, 37) that the host can give.
+        assert int(caps.stdout.split()[1], 16) == bounding & (1 << 38) - 1
+        assert docker("exec", name, "id", "-u").stdout.strip() == "0"
+    finally:
+        docker("rm", "--force", name, check=False)
