@@ -233,8 +233,13 @@ def load_archive(paths: Paths, archive: Path) -> None:
     marker.touch()
 
 
+def running(pid: int, name: str) -> bool:
+    """Is pid a live `name` process (a pid of ours, not a reused one)?"""
+    return bool(pid) and pid_alive(pid) and cmdline(pid).startswith(name)
+
+
 def healthy(paths: Paths, state: State | None) -> bool:
-    if not state or not state.holder or not pid_alive(state.pids.get("dockerd", 0)):
+    if not state or not state.holder or not running(state.pids.get("dockerd", 0), str(DOCKERD)):
         return False
     return bool(_docker(paths, "version", "--format", "{{.Server.Version}}", check=False))
 
@@ -318,26 +323,26 @@ def down(paths: Paths | None = None, quiet: bool = False) -> None:
             holder = int(paths.pidfile("holder").read_text())
     stopped: list[str] = []
     dockerd = state.pids.get("dockerd", 0)
-    if dockerd and pid_alive(dockerd) and sock(paths).exists():
+    if running(dockerd, str(DOCKERD)) and sock(paths).exists():
         ids = _docker(paths, "ps", "--all", "--quiet", check=False).split()
         if ids:
             _docker(paths, "rm", "--force", "--volumes", *ids, check=False, timeout=60)
             stopped.append(f"{len(ids)} container(s)")
         _docker(paths, "network", "prune", "--force", check=False, timeout=30)
-    if dockerd and pid_alive(dockerd):
+    if running(dockerd, str(DOCKERD)):
         signal_group(dockerd, signal.SIGTERM)
         with contextlib.suppress(ClusterError):
-            wait_for("dockerd to exit", lambda: not pid_alive(dockerd), 30)
-        if pid_alive(dockerd):
+            wait_for("dockerd to exit", lambda: not running(dockerd, str(DOCKERD)), 30)
+        if running(dockerd, str(DOCKERD)):
             log(f"dockerd (pid {dockerd}) ignored SIGTERM for 30s; sending SIGKILL")
             signal_group(dockerd, signal.SIGKILL)
         stopped.append("dockerd")
     slirp = state.pids.get("slirp4netns", 0)
-    if slirp and pid_alive(slirp) and "slirp4netns" in cmdline(slirp):
+    if running(slirp, "slirp4netns"):
         signal_group(slirp, signal.SIGTERM)
         with contextlib.suppress(ClusterError):
-            wait_for("slirp4netns to exit", lambda: not pid_alive(slirp), 10)
-        if pid_alive(slirp):
+            wait_for("slirp4netns to exit", lambda: not running(slirp, "slirp4netns"), 10)
+        if running(slirp, "slirp4netns"):
             signal_group(slirp, signal.SIGKILL)
         stopped.append("slirp4netns")
     namespaces = state.namespaces
