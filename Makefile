@@ -14,12 +14,21 @@ HELM_VERSION       := v3.21.4
 HELM4_VERSION      := v4.3.1
 KUSTOMIZE_VERSION  := v5.8.2
 ACTIONLINT_VERSION := v1.7.12
+# skaffold v2 (wrapper module: its go.mod has replace lines) and kind, the user's kind loop (rung 6).
+SKAFFOLD_DIR       := tests/e2e/skaffold
+SKAFFOLD_VERSION   := $(shell sed -n 's/^require github.com\/GoogleContainerTools\/skaffold\/v2 \(v[0-9.]*\)/\1/p' $(SKAFFOLD_DIR)/go.mod)
+KIND_VERSION       := v0.33.0
 # Default Kubernetes version helm assumes offline (`template`, `lint`): its client-go minor.
 HELM_K8S_MINOR     := 36
 
 # Debian packages the test suite needs: a real Redis, wrk for bench/, buildah + debootstrap for
 # the image tests, shellcheck for actionlint's run: checks, openssl for the control plane's certs.
 APT_PACKAGES := redis-server wrk buildah debootstrap openssl shellcheck time
+# Installed without recommends (docker.io's are needrestart, an apt hook that restarts services,
+# apparmor, cgroupfs-mount and criu), and with services kept from starting: dockerd runs only in
+# the private namespace `make docker-up` makes, never as the host's service (that one would
+# rewrite the host's iptables and forwarding).
+APT_PACKAGES_NO_RECOMMENDS := docker.io slirp4netns
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help
@@ -53,6 +62,15 @@ system-deps: ## apt-get install what the tests need, when missing
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@missing=$$(for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing (no recommends, no service started):" $$missing; \
+	  $(SUDO) sh -ec 'rc=/usr/sbin/policy-rc.d; made=; \
+	    if [ ! -e $$rc ]; then printf "#!/bin/sh\nexit 101\n" > $$rc; chmod 755 $$rc; made=1; fi; \
+	    trap "[ -z \"$$made\" ] || rm -f $$rc" EXIT; \
+	    apt-get update -qq; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends '"$$missing"' >/dev/null'; \
 	fi
 
 # --- pinned tools in .tools/bin ---
@@ -97,7 +115,7 @@ REPORTS := $(CURDIR)/.cache/reports
 .PHONY: test
 test: venv system-deps tools ## install what the tests need and run them (real Redis, helm, buildah)
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/test.xml
-	$(VENV)/bin/pytest -m "not e2e and not node" --junitxml=$(REPORTS)/test.xml $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not e2e and not node and not kind" --junitxml=$(REPORTS)/test.xml $(PYTEST_ARGS)
 
 .PHONY: factors
 FACTOR_RUNS ?= test e2e e2e-node
@@ -204,7 +222,7 @@ cluster-status: ## show the local control plane's processes and version
 	$(PYTHON) -m tests.e2e.cluster status
 
 .PHONY: e2e
-e2e: venv tools cluster-tools ## rung 4: e2e tests on the local control plane (reuses one from cluster-up)
+e2e: venv tools cluster-tools $(BIN)/skaffold-$(SKAFFOLD_VERSION) ## rung 4: e2e tests on the local control plane (reuses one from cluster-up), skaffold render
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e.xml
 	$(VENV)/bin/pytest -m e2e tests/e2e --junitxml=$(REPORTS)/e2e.xml $(PYTEST_ARGS)
 
@@ -288,3 +306,71 @@ e2e-node: venv tools node-tools node-images ## rung 5: up, the real-pod tests (t
 	$(PYTHON) -m tests.e2e.cluster --node down || rc=$$?; exit $$rc
 # --- end node ---
 # --- end cluster ---
+
+# --- kind loop (rung 6) ---
+# The user's own loop: skaffold v2 and kind, built from the Go module proxy. skaffold's go.mod has
+# replace lines, which `go install pkg@version` refuses: tests/e2e/skaffold/ is a wrapper module that
+# copies them. Build tags and version ldflags as upstream's Makefile sets them (no cgo: netgo, osusergo).
+
+$(BIN)/skaffold-$(SKAFFOLD_VERSION): $(SKAFFOLD_DIR)/go.mod $(SKAFFOLD_DIR)/go.sum $(SKAFFOLD_DIR)/main.go
+	@echo "building skaffold $(SKAFFOLD_VERSION); cold: ~16 min on a loaded 2-core machine"
+	cd $(SKAFFOLD_DIR) && CGO_ENABLED=0 $(BUILD_TIME) go build -trimpath -tags "timetzdata osusergo netgo release" \
+	  -ldflags "-s -w -X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version.version=$(SKAFFOLD_VERSION)" \
+	  -o $(BIN)/skaffold .
+	rm -f $(BIN)/skaffold-v*; touch $@
+
+$(BIN)/kind-$(KIND_VERSION):
+	GOBIN=$(BIN) CGO_ENABLED=0 $(BUILD_TIME) go install -trimpath -ldflags "-s -w" sigs.k8s.io/kind@$(KIND_VERSION)
+	rm -f $(BIN)/kind-v*; touch $@
+
+# The Dockerfile's `# syntax=docker/dockerfile:1` makes BuildKit fetch that frontend image; with no
+# registry reachable, the harness's daemon gets a stand-in under that name: the frontend built here
+# from the same source as upstream's image (tests/e2e/dockerfile-frontend/, a wrapper module because
+# BuildKit's go.mod has exclude lines).
+FRONTEND_DIR     := tests/e2e/dockerfile-frontend
+BUILDKIT_VERSION := $(shell sed -n 's/^require github.com\/moby\/buildkit \(v[0-9.]*\)/\1/p' $(FRONTEND_DIR)/go.mod)
+$(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION): $(FRONTEND_DIR)/go.mod $(FRONTEND_DIR)/go.sum $(FRONTEND_DIR)/main.go
+	cd $(FRONTEND_DIR) && CGO_ENABLED=0 $(BUILD_TIME) go build -trimpath -tags "netgo static_build osusergo" \
+	  -ldflags "-s -w -X main.Version=buildkit-$(BUILDKIT_VERSION)" -o $(BIN)/dockerfile-frontend .
+	rm -f $(BIN)/dockerfile-frontend-v*; touch $@
+
+# docker buildx, the CLI plugin: skaffold's `useBuildkit` passes `docker build --load`, which only
+# buildx knows (Docker >= 23 builds with it; Debian 12's docker.io 20.10 client has no buildx).
+BUILDX_VERSION := v0.19.3
+$(BIN)/buildx-$(BUILDX_VERSION):
+	GOBIN=$(BIN) CGO_ENABLED=0 $(BUILD_TIME) go install -trimpath \
+	  -ldflags "-s -w -X github.com/docker/buildx/version.Version=$(BUILDX_VERSION)" \
+	  github.com/docker/buildx/cmd/buildx@$(BUILDX_VERSION)
+	rm -f $(BIN)/buildx-v*; touch $@
+
+.PHONY: kind-tools
+kind-tools: $(BIN)/skaffold-$(SKAFFOLD_VERSION) $(BIN)/kind-$(KIND_VERSION) \
+            $(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION) $(BIN)/buildx-$(BUILDX_VERSION) ## build the pinned skaffold, kind, docker buildx and BuildKit's Dockerfile frontend into .tools/bin
+
+# A Docker daemon of our own (Debian's docker.io) in a private network and mount namespace, state in
+# .cache/docker/ (tests/e2e/cluster/docker.py); its clients run inside with `docker-shell` or
+# `python -m tests.e2e.cluster --docker exec -- CMD`.
+.PHONY: docker-up
+docker-up: system-deps $(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION) $(BIN)/buildx-$(BUILDX_VERSION) image-base ## start (or reuse) dockerd in a private namespace (root); loads the stand-in images
+	$(PYTHON) -m tests.e2e.cluster --docker up
+
+.PHONY: docker-down
+docker-down: ## stop that dockerd; fails if a process, mount, link, rule, sysctl or cgroup of it is left
+	$(PYTHON) -m tests.e2e.cluster --docker down
+
+.PHONY: docker-status
+docker-status: ## show that dockerd's state
+	$(PYTHON) -m tests.e2e.cluster --docker status
+
+.PHONY: docker-shell
+docker-shell: ## a shell inside its namespace: DOCKER_HOST set, Debian's docker client, .tools/bin on PATH
+	$(PYTHON) -m tests.e2e.cluster --docker exec -- bash
+
+.PHONY: e2e-kind
+e2e-kind: venv tools kind-tools system-deps image-base ## rung 6: docker-up, docker build/run and skaffold build tests (tests/e2e/kind), docker-down
+	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-kind.xml
+	$(PYTHON) -m tests.e2e.cluster --docker up
+	rc=0; $(PYTHON) -m tests.e2e.cluster --docker exec -- $(VENV)/bin/pytest -m kind tests/e2e/kind \
+	  --junitxml=$(REPORTS)/e2e-kind.xml $(PYTEST_ARGS) || rc=$$?; \
+	$(PYTHON) -m tests.e2e.cluster --docker down || rc=$$?; exit $$rc
+# --- end kind loop ---

@@ -5,13 +5,16 @@ State, `status` reports it, `down` stops everything and raises if anything is le
     kwok   rung 4: a real control plane, kwok playing three fake nodes (no container runs)
     node   rung 5: the same control plane plus one real node (containerd, runc, kubelet,
            kube-proxy, CoreDNS) in a private network and mount namespace
+    docker rung 6: a Docker daemon (Debian's docker.io) in such a namespace, for the user's
+           own tools: docker build and run, skaffold, kind
 
-    python -m tests.e2e.cluster [--node] up|status|down
+    python -m tests.e2e.cluster [--node|--docker] up|status|down
     python -m tests.e2e.cluster --node exec -- CMD...   # run CMD inside the node's namespaces
 
 Modules: procs (processes, state), pki (certificates, kubeconfigs), controlplane, kwok, netns
-(the namespace holder), host (sysctls, cgroups, the leftover check), images, node. Only the
-standard library is used: bringing a cluster up needs no virtualenv.
+(the namespace holder), host (sysctls, cgroups, the leftover check), images, node, docker,
+runc_caps (docker's runtime). Only the standard library is used: bringing a cluster up needs no
+virtualenv.
 """
 
 from tests.e2e.cluster.procs import TOOLS_BIN, ClusterError, Paths, State

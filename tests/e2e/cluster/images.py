@@ -2,7 +2,8 @@
 never pull): the app image `make image` builds, the Redis stand-in, and the pod sandbox (pause).
 
 They live in buildah's store; `export` writes each to a docker-archive once per image ID, and
-`load` imports the archives into the node's containerd under the names the pods use.
+`load` imports the archives into the node's containerd under the names the pods use. `archive`
+is also how the docker harness (rung 6) gets the stand-in base.
 """
 
 from __future__ import annotations
@@ -114,24 +115,27 @@ def export() -> list[Path]:
     if not image_id(PAUSE):
         build_pause()
     next_layout()
+    return [archive(ref, HOW[ref]) for ref in (PAUSE, REDIS, APP, NEXT_LAYOUT)]
+
+
+def archive(ref: str, how: str) -> Path:
+    """buildah push ref docker-archive:<file>:ref, once per image ID (the file name holds it);
+    `how` says how to make a missing image."""
+    iid = image_id(ref)
+    if not iid:
+        raise ClusterError(f"image {ref} is not in buildah's store: run `{how}`")
     ARCHIVES.mkdir(parents=True, exist_ok=True)
-    archives = []
-    for ref in (PAUSE, REDIS, APP, NEXT_LAYOUT):
-        iid = image_id(ref)
-        if not iid:
-            raise ClusterError(f"image {ref} is not in buildah's store: run `{HOW[ref]}`")
-        stem = ref.rsplit("/", 1)[-1].replace(":", "_")
-        archive = ARCHIVES / f"{stem}-{iid[:12]}.tar"
-        if not archive.exists():
-            for old in ARCHIVES.glob(f"{stem}-*.tar"):
-                old.unlink()
-            log(f"exporting {ref} ({iid[:12]})")
-            tmp = archive.with_suffix(".partial")
-            tmp.unlink(missing_ok=True)
-            _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
-            tmp.rename(archive)
-        archives.append(archive)
-    return archives
+    stem = ref.rsplit("/", 1)[-1].replace(":", "_")
+    path = ARCHIVES / f"{stem}-{iid[:12]}.tar"
+    if not path.exists():
+        for old in ARCHIVES.glob(f"{stem}-*.tar"):
+            old.unlink()
+        log(f"exporting {ref} ({iid[:12]})")
+        tmp = path.with_suffix(".partial")
+        tmp.unlink(missing_ok=True)
+        _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
+        tmp.rename(path)
+    return path
 
 
 def load(containerd_socket: Path, archives: list[Path]) -> None:

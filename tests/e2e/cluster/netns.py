@@ -100,12 +100,18 @@ def setup(paths: Paths, node_ip: str, service_cidr: str) -> None:
     for target in SHADOWED_TMPFS:
         run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", target])
     for target in SHADOWED_OVERLAY:
-        layer = paths.root / "host-overlay" / target.strip("/").replace("/", "-")
-        upper, work = layer / "upper", layer / "work"
-        for d in (upper, work):
-            d.mkdir(parents=True, exist_ok=True)
-        opts = f"lowerdir={target},upperdir={upper},workdir={work}"
-        run(["mount", "-t", "overlay", "-o", opts, "overlay", target])
+        overlay(paths, target)
+
+
+def overlay(paths: Paths, target: str) -> None:
+    """Inside: an overlay on `target` whose upper layer is in the cluster directory, so what a
+    component writes there (a fixed host path) stays in the namespace."""
+    layer = paths.root / "host-overlay" / target.strip("/").replace("/", "-")
+    upper, work = layer / "upper", layer / "work"
+    for d in (upper, work):
+        d.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={target},upperdir={upper},workdir={work}"
+    run(["mount", "-t", "overlay", "-o", opts, "overlay", target])
 
 
 def members(namespaces: dict[str, int]) -> list[int]:
