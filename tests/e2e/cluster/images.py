@@ -27,6 +27,7 @@ ARCHIVES = ROOT / ".cache" / "node-images"
 STORAGE_DRIVER = os.environ.get("STORAGE_DRIVER", "vfs")
 HOW = {
     APP: "make image BASE_IMAGE=localhost/tasks-base-python:3.11-stand-in",
+    NEXT_LAYOUT: "make node-up (next_layout() makes it from the app image)",
     REDIS: "bash tests/image/standin.sh redis",
     PAUSE: "make node-tools",
 }
