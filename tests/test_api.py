@@ -210,6 +210,12 @@ def test_list_is_newest_first_with_default_limit_50(client: TestClient) -> None:
 
     assert [t["id"] for t in page["items"]] == ids[::-1][:50]
     assert page["next_cursor"]
+    # The bounds of `limit`, 1 and 100, are both served.
+    narrowest, widest = client.get("/v1/tasks?limit=1"), client.get("/v1/tasks?limit=100")
+    assert narrowest.status_code == widest.status_code == 200, widest.text
+    assert [t["id"] for t in narrowest.json()["items"]] == ids[-1:]
+    assert [t["id"] for t in widest.json()["items"]] == ids[::-1]
+    assert widest.json()["next_cursor"] is None
 
 
 def test_list_filters_by_status(client: TestClient) -> None:

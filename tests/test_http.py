@@ -394,6 +394,13 @@ def test_an_oversized_request_head_is_431_and_costs_no_memory(start_service: Sta
     service = start_service(TASKS_MAX_HEADER_BYTES="8192")
     before = rss_bytes(service)
 
+    # A whole head of 9,000 bytes: past the configured 8 KiB, though under the 16 KiB default.
+    with RawHttp(service.port) as http:
+        http.send(b"GET /livez HTTP/1.1\r\nHost: test\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n")
+        status, headers, body = http.response()
+    assert status == 431 and headers["connection"] == "close"
+    assert "at most 8192 bytes" in json.loads(body)["detail"]
+
     for _ in range(20):
         with RawHttp(service.port) as http:
             http.send(b"GET /livez HTTP/1.1\r\nHost: test\r\nX-Big: ")
@@ -449,7 +456,26 @@ def test_every_error_type_has_exactly_one_problem_answer() -> None:
         "LayoutMismatch": (LayoutWindow(2, 2), BuildLayout(1, 1, 1)),
         "ShardCountMismatch": (16, 8),
     }
-    for error in leaves(TasksError) - {TasksError}:
+    # The statuses the README gives; Retry-After on every "try again" answer.
+    statuses = {
+        "InvalidCursor": 400,
+        "Unauthorized": 401,
+        "TaskNotFound": 404,
+        "PreconditionFailed": 412,
+        "BodyTooLarge": 413,
+        "UnsupportedMediaType": 415,
+        "IdempotencyKeyReused": 422,
+        "StoreUnavailable": 503,
+        "Overloaded": 503,
+        "LayoutMismatch": 503,
+        "ShardCountMismatch": 503,
+    }
+    errors = leaves(TasksError) - {TasksError}
+    assert {error.__name__ for error in errors} == set(statuses)
+    for error in errors:
         response = answer(error(*samples.get(error.__name__, ())))
-        assert 400 <= response.status_code < 600, error
+        assert response.status_code == statuses[error.__name__], error
         assert response.media_type == PROBLEM
+        assert json.loads(bytes(response.body))["status"] == response.status_code
+        if error.__name__ in ("StoreUnavailable", "Overloaded"):
+            assert response.headers["retry-after"] == "1", error

@@ -83,15 +83,30 @@ def test_configure_logging_writes_json_lines_to_the_stream_it_is_given(
 
 @pytest.mark.factor("IV")
 def test_metrics_has_request_store_inflight_and_build_series(client: TestClient) -> None:
-    client.post("/v1/tasks", json={"title": "x"})
+    """Each series the README lists, with the labels it says: one create and one read are
+    counted under their method, route template and status, and timed by route template."""
+    location = client.post("/v1/tasks", json={"title": "x"}).headers["location"]
+    assert client.get(location).status_code == 200
+    version = client.get("/version").json()
     text = scrape(client.app)
 
-    assert series(text, "tasks_http_requests_total")
-    assert series(text, "tasks_http_request_duration_seconds_bucket")
-    assert "tasks_http_requests_in_flight " in text
-    store_series = series(text, "tasks_store_operation_duration_seconds_count")
-    assert any('operation="create"' in s for s in store_series)
-    assert series(text, "tasks_build_info")
+    assert 'tasks_http_requests_total{method="POST",route="/v1/tasks",status="201"} 1.0' in text
+    assert (
+        'tasks_http_requests_total{method="GET",route="/v1/tasks/{task_id}",status="200"} 1.0'
+        in text
+    )
+    assert (
+        'tasks_http_request_duration_seconds_count{method="GET",route="/v1/tasks/{task_id}"} 1.0'
+        in text
+    )
+    assert "tasks_http_requests_in_flight 0.0" in text
+    assert 'tasks_store_operation_duration_seconds_count{operation="create"} 1.0' in text
+    assert "# TYPE tasks_store_errors_total counter" in text
+    build = (
+        f'tasks_build_info{{build_date="{version["build_date"]}",'
+        f'git_revision="{version["git_revision"]}",version="{version["version"]}"}} 1.0'
+    )
+    assert build in text
     assert "process_resident_memory_bytes" in text
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 
 from tests.chart.helpers import (
     CHART,
+    EXISTING_SECRETS,
     KUBE_VERSIONS,
     NAMESPACE,
     Rendered,
+    container,
+    matches,
     notes,
     rendered,
     run_helm,
     schema_problems,
 )
+from tests.manifests import resolve_env
 
 pytestmark = pytest.mark.usefixtures("helm3")
 
@@ -120,9 +125,16 @@ def test_no_two_objects_of_one_kind_share_a_name(release: str) -> None:
 @pytest.mark.factor("IV")
 def test_a_release_called_tasks_redis_keeps_app_and_redis_apart() -> None:
     r = _render("tasks-redis")
-    assert r.get("Deployment", "tasks-redis-tasks")
-    assert r.get("StatefulSet", "tasks-redis")
-    assert r.get("Service", "tasks-redis-tasks") != r.get("Service", "tasks-redis")
+    api = r.pod_template_meta(r.get("Deployment", "tasks-redis-tasks"))["labels"]
+    store = r.pod_template_meta(r.get("StatefulSet", "tasks-redis"))["labels"]
+    # Each Service sends its traffic to its own pods only, and the API finds Redis by name.
+    api_selector = r.get("Service", "tasks-redis-tasks")["spec"]["selector"]
+    store_selector = r.get("Service", "tasks-redis")["spec"]["selector"]
+    assert matches(api_selector, api) and not matches(api_selector, store)
+    assert matches(store_selector, store) and not matches(store_selector, api)
+    deployment = r.get("Deployment", "tasks-redis-tasks")
+    env = resolve_env(r.objects, container(deployment), EXISTING_SECRETS)
+    assert urlsplit(env["TASKS_REDIS_URL"]).hostname == "tasks-redis"
 
 
 @pytest.mark.factor("IV")

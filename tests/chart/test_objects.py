@@ -269,7 +269,12 @@ def test_probes_and_grace_period(values_file: str | None) -> None:
         env["TASKS_GRACEFUL_TIMEOUT_SECONDS"]
     )
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] > drain  # type: ignore[index]
-    assert float(env["TASKS_SHUTDOWN_DELAY_SECONDS"]) > 0
+    # The delay the values ask for (5 s by default), not merely some delay.
+    config = {
+        **load_yaml(CHART / "values.yaml")["config"],
+        **(load_yaml(CHART / "ci" / values_file).get("config", {}) if values_file else {}),
+    }
+    assert float(env["TASKS_SHUTDOWN_DELAY_SECONDS"]) == config["shutdownDelaySeconds"] > 0
 
 
 @pytest.mark.factor("III")
@@ -298,10 +303,15 @@ def test_cleanup_cronjob() -> None:
     spec = cron["spec"]
     assert spec["concurrencyPolicy"] == "Forbid"
     assert spec["timeZone"] == "Europe/Berlin"
-    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    assert spec["schedule"] == "*/30 * * * *"  # production-values.yaml's
+    # Every other policy as values.yaml (and so the chart README's table) gives it.
+    defaults = load_yaml(CHART / "values.yaml")["cleanup"]
+    history = ("successfulJobsHistoryLimit", "failedJobsHistoryLimit")
+    for field in ("startingDeadlineSeconds", *history):
+        assert spec[field] == defaults[field], field
     job = spec["jobTemplate"]["spec"]
-    assert job["backoffLimit"] >= 1 and job["activeDeadlineSeconds"] > 0
-    assert job["ttlSecondsAfterFinished"] > 0
+    for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert job[field] == defaults[field], field
     assert pod_spec(cron)["restartPolicy"] == "Never"  # type: ignore[index]
     c = container(cron)
     assert c["command"] + c["args"] == ["python", "-m", "jobs", "cleanup"]
@@ -314,9 +324,12 @@ def test_migrate_hook_runs_after_install_and_before_upgrade() -> None:
     annotations = job["metadata"]["annotations"]
     # Not pre-install: the bundled Redis (and the ConfigMap/Secret) do not exist before install.
     assert annotations["helm.sh/hook"] == "post-install,pre-upgrade"
-    assert "before-hook-creation" in annotations["helm.sh/hook-delete-policy"]
-    assert job["spec"]["backoffLimit"] >= 3  # Redis may still be starting on first install
-    assert job["spec"]["activeDeadlineSeconds"] < 300  # fails before helm's default --timeout
+    # A finished hook's Job is deleted: a succeeded one at once, a failed one before the next.
+    assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert annotations == load_yaml(CHART / "values.yaml")["migrate"]["hookAnnotations"]
+    # Six retries with back-off cover Redis still starting on first install.
+    assert job["spec"]["backoffLimit"] == 6
+    assert job["spec"]["activeDeadlineSeconds"] == 280  # fails before helm's default --timeout
     c = container(job)
     assert c["command"] + c["args"] == ["python", "-m", "jobs", "migrate"]
 
