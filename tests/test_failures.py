@@ -642,3 +642,50 @@ def test_after_redis_restarts_no_request_fails_on_a_connection_it_had_closed(
     answers = asyncio.run(send_burst(service.base_url, 32))
     failed = [(a.status_code, a.text) for a in answers if a.status_code not in (200, 201)]
     assert not failed, failed
+
+
+@pytest.mark.factor("VIII")
+def test_four_api_requests_per_pooled_connection_are_served_at_once_the_next_waits_its_turn(
+    private_redis: RedisServer, start_service
+) -> None:  # type: ignore[no-untyped-def]
+    """A pool of 2, so 8 API requests at once; Redis frozen, so each admitted request holds its
+    turn for the whole store timeout T. Eight requests are admitted at once and answer after
+    about T; the 9th and 10th, sent once those 8 are in, first wait for a turn (until the 8
+    time out), then spend their own T in the store: about 2T. The bound between them, 1.5 T,
+    tells admitted from waiting; load only makes either later, and the waiting ones' lower
+    bound cannot be met early."""
+    budget = 6.0
+    service = start_service(
+        **redis_env(
+            private_redis,
+            TASKS_REDIS_MAX_CONNECTIONS="2",
+            TASKS_REDIS_TIMEOUT_SECONDS=str(budget),
+        )
+    )
+
+    def timed_get() -> tuple[float, str]:
+        started = time.monotonic()
+        answer = httpx.get(service.base_url + "/v1/tasks", timeout=60)
+        assert is_unavailable_problem(answer), answer.text
+        return time.monotonic() - started, answer.json()["type"].rsplit(":", 1)[1]
+
+    def in_flight() -> float:
+        text = httpx.get(service.metrics_url).text
+        line = next(x for x in text.splitlines() if x.startswith("tasks_http_requests_in_flight"))
+        return float(line.rsplit(" ", 1)[1])
+
+    private_redis.freeze()
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            first = [pool.submit(timed_get) for _ in range(8)]
+            wait_until(lambda: in_flight() == 8, timeout=budget / 2, what="8 requests in")
+            later = [pool.submit(timed_get) for _ in range(2)]
+            admitted = [f.result() for f in first]
+            waited = [f.result() for f in later]
+    finally:
+        private_redis.thaw()
+
+    assert all(seconds < 1.5 * budget for seconds, _ in admitted), admitted
+    assert all(seconds > 1.5 * budget for seconds, _ in waited), waited
+    # Both kinds ran out of their store budget: the waiting ones did get a turn in the end.
+    assert {kind for _, kind in admitted + waited} == {"store-unavailable"}
