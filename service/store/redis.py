@@ -109,7 +109,7 @@ from service.store.base import (
 )
 
 T = TypeVar("T")
-_Groups = list[tuple["ShardKeys", list[Task]]]  # tasks by shard
+X = TypeVar("X")  # what a batch groups by shard: tasks, or their ids
 _Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
 log = logging.getLogger("tasks.store")
 
@@ -339,6 +339,16 @@ class RedisKeys:
     def lock(self, name: str) -> str:
         return f"{self.prefix}lock:{name}"
 
+    def by_shard(
+        self, items: Iterable[X], task_id: Callable[[X], str]
+    ) -> list[tuple[ShardKeys, list[X]]]:
+        """The items grouped by their task's shard, in first-seen order: a batch script runs
+        once per shard (one slot each)."""
+        groups: dict[int, list[X]] = {}
+        for item in items:
+            groups.setdefault(self.shard_of(task_id(item)).number, []).append(item)
+        return [(self.shards[number], group) for number, group in groups.items()]
+
 
 # What the Lua scripts share; each script sits in RedisTaskStore next to the operation that
 # calls it, with its KEYS and ARGV, and is registered once per process (in __init__).
@@ -364,6 +374,10 @@ def _from_hash(fields: Mapping[str, str]) -> Task:
 def _field_values(task: Task) -> list[str]:
     fields = _to_hash(task)
     return [fields[name] for name in _FIELDS]
+
+
+def _task_id(task: Task) -> str:
+    return task.id
 
 
 def _score(task: Task) -> int | str:
@@ -867,15 +881,12 @@ class RedisTaskStore:
     """
 
     async def _get_many(self, task_ids: Sequence[str]) -> TaskList:
-        groups: dict[int, list[str]] = {}
-        for task_id in task_ids:
-            groups.setdefault(self._keys.shard_of(task_id).number, []).append(task_id)
+        groups = self._keys.by_shard(task_ids, str)
         replies = await _each(
-            self._get_many_script(keys=[self._keys.shards[number].task(i) for i in ids])
-            for number, ids in groups.items()
+            self._get_many_script(keys=[shard.task(i) for i in ids]) for shard, ids in groups
         )
         rows: dict[str, dict[str, str]] = {}
-        for ids, flat in zip(groups.values(), cast(list[list[list[str]]], replies), strict=True):
+        for (_, ids), flat in zip(groups, cast(list[list[list[str]]], replies), strict=True):
             for task_id, row in zip(ids, flat, strict=True):
                 if row:
                     rows[task_id] = dict(zip(row[::2], row[1::2], strict=True))
@@ -911,7 +922,9 @@ class RedisTaskStore:
         await self._guard_write()
         return [
             i
-            for ids in await _each(self._delete_in(s, ts) for s, ts in self._by_shard(tasks))
+            for ids in await _each(
+                self._delete_in(s, ts) for s, ts in self._keys.by_shard(tasks, _task_id)
+            )
             for i in ids
         ]
 
@@ -924,13 +937,6 @@ class RedisTaskStore:
                 f"{task.id}\t{fields['status']}\t{fields['updated_at']}\t{fields['completed_at']}\n"
             )
         return cast(IdList, await self._delete_unchanged(keys=keys, args=["".join(lines)]))
-
-    def _by_shard(self, tasks: Sequence[Task]) -> _Groups:
-        """The tasks grouped by shard: a batch script runs once per shard (one slot each)."""
-        groups: dict[int, list[Task]] = {}
-        for task in tasks:
-            groups.setdefault(self._keys.shard_of(task.id).number, []).append(task)
-        return [(self._keys.shards[number], group) for number, group in groups.items()]
 
     # Upsert tasks exactly as given, indexes kept consistent, as one atomic batch (per shard).
     # KEYS: the index keys (_INDEXES of them, index:completed last), then one task hash per task.
@@ -975,7 +981,9 @@ class RedisTaskStore:
 
     async def _put_many(self, tasks: Sequence[Task]) -> None:
         await self._guard_write()
-        await _each(self._put_in(shard, group) for shard, group in self._by_shard(tasks))
+        await _each(
+            self._put_in(shard, group) for shard, group in self._keys.by_shard(tasks, _task_id)
+        )
 
     async def _put_in(self, shard: ShardKeys, tasks: Sequence[Task]) -> None:
         indexes = shard.indexes()  # all, one per status in Status order, completed
