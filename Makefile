@@ -192,9 +192,9 @@ KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go
 BUILD_TIME   := $(if $(wildcard /usr/bin/time),/usr/bin/time -f "  built in %e s wall; peak RSS %M KB",)
 
 $(BIN)/kube-$(KUBE_VERSION): $(CONTROLPLANE)/go.mod $(CONTROLPLANE)/go.sum $(CONTROLPLANE)/main.go
-	@echo "building kube $(KUBE_VERSION) (control plane, kubelet, kube-proxy, kubectl); cold: ~10+ min"
+	@echo "building kube $(KUBE_VERSION) (control plane, kubelet, kube-proxy, kubeadm, kubectl); cold: ~10+ min"
 	cd $(CONTROLPLANE) && $(BUILD_TIME) go build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/kube .
-	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do ln -sf kube $(BIN)/$$c; done
+	for c in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kubeadm; do ln -sf kube $(BIN)/$$c; done
 	rm -f $(BIN)/kube-v*; touch $@
 
 $(BIN)/etcd-$(ETCD_VERSION): $(CONTROLPLANE)/etcd/go.mod $(CONTROLPLANE)/etcd/go.sum $(CONTROLPLANE)/etcd/main.go
@@ -276,9 +276,12 @@ node-tools: cluster-tools $(BIN)/containerd-$(CONTAINERD_VERSION) $(BIN)/runc-$(
 
 REDIS_STANDIN := localhost/tasks-redis:7.0-stand-in
 
-.PHONY: node-images
-node-images: image-base ## the node's images in buildah's store: the app (make image on the stand-in base), the Redis stand-in
+.PHONY: image-redis
+image-redis: system-deps ## local stand-in for the chart's Redis image (debootstrap + buildah, cached; root)
 	bash tests/image/standin.sh redis $(REDIS_STANDIN)
+
+.PHONY: node-images
+node-images: image-base image-redis ## the node's images in buildah's store: the app (make image on the stand-in base), the Redis stand-in
 	$(MAKE) --no-print-directory image BASE_IMAGE=$(STANDIN_BASE)
 
 .PHONY: node-up
@@ -343,6 +346,21 @@ $(BIN)/buildx-$(BUILDX_VERSION):
 	  github.com/docker/buildx/cmd/buildx@$(BUILDX_VERSION)
 	rm -f $(BIN)/buildx-v*; touch $@
 
+# The kind node image (tests/e2e/cluster/kindnode.py). kind's own `build node-image` pulls etcd,
+# CoreDNS, pause and kindnetd from registries, so the image is assembled from the node's builds
+# above, plus the local-path-provisioner kind installs as its default StorageClass (v0.0.30: the
+# newest the module proxy serves; kind v0.33's image has v0.0.34).
+LOCAL_PATH_VERSION := v0.0.30
+$(BIN)/local-path-provisioner-$(LOCAL_PATH_VERSION):
+	GOBIN=$(BIN) CGO_ENABLED=0 $(BUILD_TIME) go install -trimpath \
+	  -ldflags "-s -w -X main.VERSION=$(LOCAL_PATH_VERSION)" github.com/rancher/local-path-provisioner@$(LOCAL_PATH_VERSION)
+	rm -f $(BIN)/local-path-provisioner-v*; touch $@
+
+.PHONY: kind-node-image
+kind-node-image: system-deps node-tools $(BIN)/local-path-provisioner-$(LOCAL_PATH_VERSION) ## the kind node image in buildah's store and as a docker-archive (root)
+	bash tests/image/standin.sh kind
+	$(PYTHON) -m tests.e2e.cluster.kindnode
+
 .PHONY: kind-tools
 kind-tools: $(BIN)/skaffold-$(SKAFFOLD_VERSION) $(BIN)/kind-$(KIND_VERSION) \
             $(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION) $(BIN)/buildx-$(BUILDX_VERSION) ## build the pinned skaffold, kind, docker buildx and BuildKit's Dockerfile frontend into .tools/bin
@@ -351,7 +369,7 @@ kind-tools: $(BIN)/skaffold-$(SKAFFOLD_VERSION) $(BIN)/kind-$(KIND_VERSION) \
 # .cache/docker/ (tests/e2e/cluster/docker.py); its clients run inside with `docker-shell` or
 # `python -m tests.e2e.cluster --docker exec -- CMD`.
 .PHONY: docker-up
-docker-up: system-deps $(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION) $(BIN)/buildx-$(BUILDX_VERSION) image-base ## start (or reuse) dockerd in a private namespace (root); loads the stand-in images
+docker-up: system-deps $(BIN)/dockerfile-frontend-$(BUILDKIT_VERSION) $(BIN)/buildx-$(BUILDX_VERSION) image-base image-redis ## start (or reuse) dockerd in a private namespace (root); loads the stand-in images
 	$(PYTHON) -m tests.e2e.cluster --docker up
 
 .PHONY: docker-down
@@ -367,7 +385,7 @@ docker-shell: ## a shell inside its namespace: DOCKER_HOST set, Debian's docker 
 	$(PYTHON) -m tests.e2e.cluster --docker exec -- bash
 
 .PHONY: e2e-kind
-e2e-kind: venv tools kind-tools system-deps image-base ## rung 6: docker-up, docker build/run and skaffold build tests (tests/e2e/kind), docker-down
+e2e-kind: venv tools kind-tools kind-node-image image-base image-redis ## rung 6: docker-up, docker build/run, kind and skaffold tests (tests/e2e/kind), docker-down
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-kind.xml
 	$(PYTHON) -m tests.e2e.cluster --docker up
 	rc=0; $(PYTHON) -m tests.e2e.cluster --docker exec -- $(VENV)/bin/pytest -m kind tests/e2e/kind \

@@ -9,16 +9,21 @@
 #           ca-certificates, PATH with /usr/sbin.
 #   redis   stand-in for the chart's `redis:<version>-alpine`, with Debian's redis-server (7.0): what
 #           the Redis subchart runs is `sh`, `cp`, `redis-server` and `redis-cli`, as UID 999.
+#   kind    stand-in for kind's base image (kindest/base): systemd and the packages its Dockerfile
+#           installs, on bookworm, whose systemd 252 still boots on a cgroup v1 host (kind's own
+#           base moved to trixie, whose systemd refuses v1). The node image adds the rest
+#           (tests/e2e/cluster/kindnode.py).
 #
-# Idempotent: does nothing when the tag exists; reuses a finished debootstrap in the cache dir.
+# Idempotent: does nothing when the tag exists with the same packages; reuses a finished debootstrap
+# of them in the cache dir.
 #
-#   tests/image/standin.sh python|redis [TAG]        (root; needs debootstrap and buildah)
+#   tests/image/standin.sh python|redis|kind [TAG]        (root; needs debootstrap and buildah)
 #
 # Env: STANDIN_CACHE (default .cache/image), DEBIAN_MIRROR (default: the host's apt mirror),
 #      STORAGE_DRIVER (default vfs).
 set -euo pipefail
 
-KIND=${1:?usage: standin.sh python|redis [TAG]}
+KIND=${1:?usage: standin.sh python|redis|kind [TAG]}
 case "$KIND" in
   python)
     TAG=${2:-localhost/tasks-base-python:3.11-stand-in}
@@ -30,7 +35,12 @@ case "$KIND" in
     PACKAGES=redis-server,redis-tools
     CMD=redis-server
     DESCRIPTION="Local stand-in for the official redis image (Debian redis-server)" ;;
-  *) echo "standin.sh: unknown stand-in '$KIND' (python or redis)" >&2; exit 2 ;;
+  kind)
+    TAG=${2:-localhost/tasks-kind-base:bookworm}
+    PACKAGES=systemd,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,bash,ca-certificates,procps,jq,containernetworking-plugins
+    CMD=/sbin/init
+    DESCRIPTION="Local stand-in for kind's base image (Debian bookworm, systemd)" ;;
+  *) echo "standin.sh: unknown stand-in '$KIND' (python, redis or kind)" >&2; exit 2 ;;
 esac
 ROOT_DIR=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${STANDIN_CACHE:-$ROOT_DIR/.cache/image}
@@ -38,7 +48,10 @@ ROOTFS=$CACHE/rootfs-$KIND
 SUITE=bookworm
 buildah() { command buildah --storage-driver "${STORAGE_DRIVER:-vfs}" "$@"; }
 
-have_tag() { buildah images --quiet "$TAG" >/dev/null 2>&1; }
+# The tag and the debootstrap are reused only while they hold this package list.
+have_tag() {
+  [ "$(buildah inspect --format '{{index .ImageAnnotations "org.tasks.stand-in.packages"}}' "$TAG" 2>/dev/null)" = "$PACKAGES" ]
+}
 if have_tag; then
   echo "stand-in $KIND: $TAG already in the store"
   exit 0
@@ -62,7 +75,7 @@ host_mirror() {
   echo "${uri:-http://deb.debian.org/debian}"
 }
 
-if [ ! -e "$ROOTFS/.stand-in-complete" ]; then
+if [ "$(cat "$ROOTFS/.stand-in-complete" 2>/dev/null)" != "$PACKAGES" ]; then
   mirror=${DEBIAN_MIRROR:-$(host_mirror)}
   echo "stand-in $KIND: debootstrap $SUITE from $mirror into $ROOTFS"
   rm -rf "$ROOTFS"
@@ -75,7 +88,7 @@ if [ ! -e "$ROOTFS/.stand-in-complete" ]; then
          "$ROOTFS"/usr/share/locale/*
   # Containers get /dev, /proc and /sys from the runtime, and DNS config from the host.
   rm -rf "${ROOTFS:?}"/dev/* "$ROOTFS"/etc/resolv.conf "$ROOTFS"/etc/hostname
-  touch "$ROOTFS/.stand-in-complete"
+  echo "$PACKAGES" > "$ROOTFS/.stand-in-complete"
 fi
 
 ctr=$(buildah from scratch)
@@ -88,6 +101,7 @@ buildah config \
   --env LANG=C.UTF-8 \
   --cmd "$CMD" \
   --label org.opencontainers.image.description="$DESCRIPTION" \
+  --annotation org.tasks.stand-in.packages="$PACKAGES" \
   "$ctr"
 buildah commit --quiet --rm "$ctr" "$TAG" >/dev/null
 trap - EXIT

@@ -17,7 +17,8 @@ reaches what the host reaches (pip's index) while the host's links, routes and r
 are; with --disable-host-loopback nothing inside reaches the host's 127.0.0.1. Nothing outside
 reaches in. No registry is reachable here: every image is built or loaded into the daemon. `up`
 loads the stand-in base of `make image-base` (from buildah's store), also under the name of the
-Dockerfile's default base, and builds a stand-in for the frontend its `# syntax=` line names.
+Dockerfile's default base, and the Redis stand-in, and builds a stand-in for the frontend its
+`# syntax=` line names.
 
     python -m tests.e2e.cluster --docker up|status|down
     python -m tests.e2e.cluster --docker exec -- CMD...   # DOCKER_HOST set, Debian's docker first
@@ -263,7 +264,9 @@ def up(paths: Paths | None = None, timeout: float = UP_TIMEOUT) -> State:
         raise ClusterError(
             "/etc/docker is missing (Debian's docker.io makes it): `make system-deps`"
         )
-    base = images.archive(STANDIN_BASE, "make image-base")  # buildah needs the host's /run
+    # buildah needs the host's /run: the archives are made out here.
+    base = images.archive(STANDIN_BASE, "make image-base")
+    redis = images.archive(images.REDIS, images.HOW[images.REDIS])
     for d in (paths.logs, paths.pids, paths.root / "bin", paths.root / "cli"):
         d.mkdir(parents=True, exist_ok=True)
     binary("dockerfile-frontend", "kind-tools")
@@ -278,6 +281,8 @@ def up(paths: Paths | None = None, timeout: float = UP_TIMEOUT) -> State:
     # `docker build` is `docker buildx build`, as on Docker >= 23 (`docker buildx install` sets it).
     (paths.root / "cli" / "config.json").write_text('{"aliases": {"builder": "buildx"}}\n')
     (paths.root / "host.json").write_text(json.dumps(snapshot(), indent=2) + "\n")
+    # A kind node is privileged: its kubelet writes the host-global ones (setupKernelTunables).
+    host.save_sysctls(paths.root / "sysctls.json")
     t0 = time.monotonic()
     state = State(started_at=time.time())
     try:
@@ -299,6 +304,7 @@ def up(paths: Paths | None = None, timeout: float = UP_TIMEOUT) -> State:
             )
             load_frontend(paths)
             load_archive(paths, base)
+            load_archive(paths, redis)  # for the kind tests' releases
             # A build that keeps the default base (skaffold's) gets the stand-in too.
             _docker(paths, "tag", STANDIN_BASE, default_base())
     except BaseException:
@@ -366,9 +372,11 @@ def down(paths: Paths | None = None, quiet: bool = False) -> None:
     # The mounts died with the mount namespace; the exec root's files can go (data stays: cache).
     for sub in ("exec", "host-overlay"):
         shutil.rmtree(paths.root / sub, ignore_errors=True)
+    restored = host.restore_sysctls(paths.root / "sysctls.json")
     _check_unchanged(paths.root / "host.json")
     if not quiet:
         log(f"docker down; stopped {', '.join(stopped) or 'nothing'}")
+        log(f"sysctls restored: {restored or 'none had changed'}")
 
 
 def _check_unchanged(path: Path) -> None:

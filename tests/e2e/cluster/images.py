@@ -119,6 +119,16 @@ def export() -> list[Path]:
     return [archive(ref, HOW[ref]) for ref in (PAUSE, REDIS, APP, NEXT_LAYOUT)]
 
 
+def _stem(ref: str) -> str:
+    return ref.rsplit("/", 1)[-1].replace(":", "_")
+
+
+def archived(ref: str) -> Path | None:
+    """The archive archive() wrote of ref (it keeps one per name), without asking buildah."""
+    found = sorted(ARCHIVES.glob(f"{_stem(ref)}-*.tar"))
+    return found[-1] if found else None
+
+
 def archive(ref: str, how: str) -> Path:
     """buildah push ref docker-archive:<file>:ref, once per image ID (the file name holds it);
     `how` says how to make a missing image."""
@@ -126,7 +136,7 @@ def archive(ref: str, how: str) -> Path:
     if not iid:
         raise ClusterError(f"image {ref} is not in buildah's store: run `{how}`")
     ARCHIVES.mkdir(parents=True, exist_ok=True)
-    stem = ref.rsplit("/", 1)[-1].replace(":", "_")
+    stem = _stem(ref)
     path = ARCHIVES / f"{stem}-{iid[:12]}.tar"
     if not path.exists():
         for old in ARCHIVES.glob(f"{stem}-*.tar"):

@@ -1,10 +1,10 @@
 // Command kube is one multi-call binary holding the Kubernetes control plane, the node
-// agents (kubelet, kube-proxy) and a pinned kubectl,
+// agents (kubelet, kube-proxy), kubeadm (which a kind node runs) and a pinned kubectl,
 // built from k8s.io/kubernetes as a library (see go.mod). Linking once instead of four times keeps the
 // cold build affordable on a small CI machine.
 //
 // It dispatches on the basename of argv[0] (so symlinks named kube-apiserver, kube-controller-manager,
-// kube-scheduler and kubectl work) or, when invoked as `kube`, on its first argument:
+// kube-scheduler, kubeadm and kubectl work) or, when invoked as `kube`, on its first argument:
 //
 //	kube kube-apiserver --etcd-servers=... ...
 //	kube kubectl get nodes
@@ -33,6 +33,8 @@ import (
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeadm "k8s.io/kubernetes/cmd/kubeadm/app"
+	kubeadmerrors "k8s.io/kubernetes/cmd/kubeadm/app/util/errors"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
@@ -43,6 +45,7 @@ var commands = map[string]func() int{
 	"kubectl":                 runKubectl,
 	"kubelet":                 func() int { return cli.Run(kubelet.NewKubeletCommand(context.Background())) },
 	"kube-proxy":              func() int { return cli.Run(proxy.NewProxyCommand()) },
+	"kubeadm":                 func() int { kubeadmerrors.HandleError(kubeadm.Run()); return 0 },
 }
 
 // runKubectl mirrors k8s.io/kubernetes/cmd/kubectl/kubectl.go.
