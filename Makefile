@@ -384,11 +384,31 @@ docker-status: ## show that dockerd's state
 docker-shell: ## a shell inside its namespace: DOCKER_HOST set, Debian's docker client, .tools/bin on PATH
 	$(PYTHON) -m tests.e2e.cluster --docker exec -- bash
 
+.PHONY: kind-up
+kind-up: kind-tools kind-node-image node-images image-redis ## start (or reuse) dockerd and the kind cluster `tasks` on it, with the real-pod suite's images (root)
+	$(PYTHON) -m tests.e2e.cluster --kind up
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster, then stop dockerd; fails if anything of it is left on the host
+	$(PYTHON) -m tests.e2e.cluster --kind down
+
+.PHONY: kind-status
+kind-status: ## show the kind cluster's state
+	$(PYTHON) -m tests.e2e.cluster --kind status
+
+.PHONY: kind-shell
+kind-shell: ## a shell inside the daemon's namespace with KUBECONFIG set to the kind cluster's
+	$(PYTHON) -m tests.e2e.cluster --kind exec -- bash
+
+# The docker and kind tests (tests/e2e/kind), then the real-pod suite of rung 5, unchanged, on
+# the kind cluster (TASKS_E2E_CLUSTER=kind).
 .PHONY: e2e-kind
-e2e-kind: venv tools kind-tools kind-node-image image-base image-redis ## rung 6: docker-up, docker build/run, kind and skaffold tests (tests/e2e/kind), docker-down
-	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-kind.xml
-	$(PYTHON) -m tests.e2e.cluster --docker up
-	rc=0; $(PYTHON) -m tests.e2e.cluster --docker exec -- $(VENV)/bin/pytest -m kind tests/e2e/kind \
+e2e-kind: venv tools kind-tools kind-node-image node-images image-redis ## rung 6: kind-up, docker build/run, skaffold run and dev, the real-pod suite on kind, kind-down
+	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-kind.xml $(REPORTS)/e2e-kind-node.xml
+	$(PYTHON) -m tests.e2e.cluster --kind up
+	rc=0; $(PYTHON) -m tests.e2e.cluster --kind exec -- $(VENV)/bin/pytest -m kind tests/e2e/kind \
 	  --junitxml=$(REPORTS)/e2e-kind.xml $(PYTEST_ARGS) || rc=$$?; \
-	$(PYTHON) -m tests.e2e.cluster --docker down || rc=$$?; exit $$rc
+	TASKS_E2E_CLUSTER=kind $(PYTHON) -m tests.e2e.cluster --kind exec -- $(VENV)/bin/pytest -m node \
+	  tests/e2e/node --junitxml=$(REPORTS)/e2e-kind-node.xml $(PYTEST_ARGS) || rc=$$?; \
+	$(PYTHON) -m tests.e2e.cluster --kind down || rc=$$?; exit $$rc
 # --- end kind loop ---

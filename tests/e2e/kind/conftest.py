@@ -5,32 +5,31 @@ pytest runs inside the daemon's network and mount namespace (`make e2e-kind`, or
 then `python -m tests.e2e.cluster --docker exec -- .venv/bin/pytest -m kind tests/e2e/kind`), so
 ports that `docker run -p` publishes, and the API server of the kind cluster, are reachable from
 the tests, and `docker` on PATH is Debian's client talking to that daemon
-(tests/e2e/cluster/docker.py). `kind_cluster` creates the cluster users create (`kind create
-cluster --name tasks`) on the node image of `make kind-node-image`; the kubectl and helm fixtures
-of tests/e2e/conftest.py serve it through the `kubeconfig` override below.
+(tests/e2e/cluster/docker.py). `kind_cluster` is the cluster users create (`kind create cluster
+--name tasks`), made by the harness (tests/e2e/cluster/kind.py) on the node image of `make
+kind-node-image`; the kubectl and helm fixtures of tests/e2e/conftest.py serve it through the
+`kubeconfig` override below.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.e2e.cluster import State, images, kindnode, netns
+from tests.e2e.cluster import State, images, netns
 from tests.e2e.cluster import docker as docker_harness
+from tests.e2e.cluster import kind as kind_harness
 from tests.e2e.kube import CHART
 from tests.support import require_tool
 
 # The artifact skaffold.yaml builds; the chart and the kustomize base deploy it under this name.
 ARTIFACT = "ghcr.io/example/tasks"
 CA_FILE = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
-# The name skaffold.yaml's header and the README give: its kube-context is kind-tasks.
-KIND_CLUSTER = "tasks"
+KIND_CLUSTER = kind_harness.CLUSTER
 # Figures the tests measured, printed at the end of the run.
 FACTS: dict[str, str] = {}
 
@@ -87,31 +86,21 @@ def tool(
 
 
 @pytest.fixture(scope="session")
-def kind_cluster(docker_daemon: State, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`kind create cluster --name tasks` with the pinned kind CLI, pointed at the node image of
-    `make kind-node-image` (--image) and at the images kubeadm finds in it (--config); its
-    kubeconfig goes to a file of the session's, never ~/.kube/config. Deleted at the end."""
-    versions = kindnode.versions()
-    node = kindnode.refs(versions)["node"]
-    archive = images.archived(node)
-    if not archive:
-        pytest.fail(f"{node} has no archive: run `make kind-node-image`", pytrace=False)
-    docker_harness.load_archive(docker_harness.default_paths(), archive)
-    workdir = tmp_path_factory.mktemp("kind")
-    config, kubeconfig = workdir / "cluster.json", workdir / "kubeconfig"
-    config.write_text(kindnode.cluster_config(versions))
-    # One a killed run left. kind edits the kubeconfig it is given: always ours.
-    tool("kind", "delete", "cluster", "--name", KIND_CLUSTER, "--kubeconfig", str(kubeconfig))
-    t0 = time.monotonic()
-    tool(
-        "kind", "create", "cluster", "--name", KIND_CLUSTER, "--image", node,
-        "--config", str(config), "--kubeconfig", str(kubeconfig), "--wait", "180s", timeout=400,
-    )  # fmt: skip
-    FACTS["kind create cluster --wait (node Ready)"] = f"{time.monotonic() - t0:.1f} s"
-    try:
-        yield kubeconfig
-    finally:
-        tool("kind", "delete", "cluster", "--name", KIND_CLUSTER, "--kubeconfig", str(kubeconfig))
+def kind_cluster(docker_daemon: State) -> Path:
+    """The cluster users create (`kind create cluster --name tasks`), made by `make e2e-kind` or
+    `make kind-up` (tests/e2e/cluster/kind.py) on the node image of `make kind-node-image`: its
+    kubeconfig."""
+    paths = docker_harness.default_paths()
+    if not docker_daemon.kubeconfig or not kind_harness.node_ready(paths):
+        pytest.fail(
+            "the kind cluster is not up: run `make e2e-kind` (or `make kind-up`, then "
+            "`python -m tests.e2e.cluster --kind exec -- .venv/bin/pytest -m kind tests/e2e/kind`)",
+            pytrace=False,
+        )
+    FACTS["kind up: create (node Ready) and load the suite's images"] = (
+        f"{docker_daemon.up_seconds} s"
+    )
+    return kind_harness.kubeconfig(paths)
 
 
 @pytest.fixture(scope="session")

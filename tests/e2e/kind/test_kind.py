@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.cluster import TOOLS_BIN
+from tests.e2e.cluster import TOOLS_BIN, kindnode
 from tests.e2e.cluster.procs import free_ports
 from tests.e2e.kind.conftest import ARTIFACT, FACTS, KIND_CLUSTER, tool
 from tests.e2e.kube import get_json, wait_until
@@ -94,7 +94,7 @@ def test_kind_creates_a_ready_cluster_from_the_node_image(kubectl) -> None:  # t
     plane, etcd, kube-proxy, CoreDNS) and the default StorageClass's provisioner become Ready."""
     (node,) = get_json(kubectl, "nodes")["items"]
     info = node["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == kindnode_version()
+    assert info["kubeletVersion"] == kindnode.versions()["kubernetes"]
     assert info["containerRuntimeVersion"].startswith("containerd://")
     assert node["metadata"]["name"] == f"{KIND_CLUSTER}-control-plane"
 
@@ -117,12 +117,6 @@ def test_kind_creates_a_ready_cluster_from_the_node_image(kubectl) -> None:  # t
     default = [c for c in classes if c["metadata"].get("annotations", {}).get(
         "storageclass.kubernetes.io/is-default-class") == "true"]  # fmt: skip
     assert [c["provisioner"] for c in default] == ["rancher.io/local-path"]
-
-
-def kindnode_version() -> str:
-    from tests.e2e.cluster import kindnode
-
-    return kindnode.versions()["kubernetes"]
 
 
 @pytest.mark.factor("V", "X")

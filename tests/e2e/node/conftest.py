@@ -4,11 +4,17 @@ pytest runs inside the node's network and mount namespace (`make e2e-node`, or `
 `python -m tests.e2e.cluster --node exec -- .venv/bin/pytest -m node tests/e2e/node`), so the API
 server, Service ClusterIPs and pod IPs are all reachable from the tests. The kubectl, helm and k8s
 fixtures of tests/e2e/conftest.py serve this cluster through the `e2e_cluster` override below.
+
+`make e2e-kind` runs the same suite, unchanged, on its kind cluster (TASKS_E2E_CLUSTER=kind):
+pytest then runs in the Docker daemon's namespace, where the harness routes the cluster's Service
+and pod ranges to the kind node, and the cluster's default StorageClass (local-path) provisions
+the claims that `local_volume` makes volumes for on rung 5.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,9 +22,11 @@ from typing import Any
 import pytest
 
 from tests.e2e.cluster import State, netns
+from tests.e2e.cluster import kind as kind_cluster
 from tests.e2e.cluster import node as node_cluster
 from tests.e2e.conftest import _namespace_name
 
+ON_KIND = os.environ.get("TASKS_E2E_CLUSTER") == "kind"
 # Figures the tests measured, printed at the end of the run.
 FACTS: dict[str, str] = {}
 # Every namespace of this rung enforces the restricted Pod Security Standard, for real.
@@ -30,6 +38,8 @@ PSS = {
 
 @pytest.fixture(scope="session")
 def e2e_cluster() -> State:
+    if ON_KIND:
+        return _kind_cluster()
     paths = node_cluster.default_paths()
     state = State.load(paths)
     how = (
@@ -42,6 +52,22 @@ def e2e_cluster() -> State:
         pytest.fail(f"these tests run inside the node's namespaces: {how}", pytrace=False)
     if not node_cluster.healthy(paths, state):
         pytest.fail(f"the node cluster is not healthy: see {paths.logs}", pytrace=False)
+    return state
+
+
+def _kind_cluster() -> State:
+    paths = kind_cluster.default_paths()
+    state = State.load(paths)
+    how = (
+        "run `make e2e-kind` (or `make kind-up`, then `TASKS_E2E_CLUSTER=kind python -m "
+        "tests.e2e.cluster --kind exec -- .venv/bin/pytest -m node tests/e2e/node`)"
+    )
+    if not state or not state.holder or not state.kubeconfig:
+        pytest.fail(f"the kind cluster is not up: {how}", pytrace=False)
+    if not netns.is_inside(state.namespaces):
+        pytest.fail(f"these tests run inside the Docker daemon's namespaces: {how}", pytrace=False)
+    if not kind_cluster.node_ready(paths):
+        pytest.fail(f"the kind node is not Ready: {how}", pytrace=False)
     return state
 
 
@@ -75,11 +101,14 @@ def module_namespace(kubectl, request) -> Iterator[str]:  # type: ignore[no-unty
 @pytest.fixture(scope="session")
 def local_volume(kubectl):  # type: ignore[no-untyped-def]
     """local_volume(namespace, claim) -> PV name: a static local PersistentVolume on the node,
-    reserved for that claim; deleted (with its directory) at the end of the session."""
+    reserved for that claim; deleted (with its directory) at the end of the session. On kind,
+    nothing: local-path provisions the claim (no PV name is known in advance)."""
     paths = node_cluster.default_paths()
     made: list[str] = []
 
     def make(namespace: str, claim: str) -> str:
+        if ON_KIND:
+            return ""
         name = f"{namespace}-{claim}"[:63]
         pv: dict[str, Any] = node_cluster.local_pv(paths, name, namespace, claim)
         kubectl("apply", "-f", "-", input=json.dumps(pv))
@@ -93,6 +122,6 @@ def local_volume(kubectl):  # type: ignore[no-untyped-def]
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
     if FACTS:
-        terminalreporter.section("real node")
+        terminalreporter.section("real node (kind)" if ON_KIND else "real node")
         for key, value in FACTS.items():
             terminalreporter.write_line(f"{key}: {value}")

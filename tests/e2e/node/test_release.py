@@ -82,10 +82,11 @@ def test_install_brings_every_pod_ready_without_a_restart(kubectl, release):
         "redis",
     }
     assert len(pods(kubectl, ns, API)) == 2  # replicaCount
+    (node,) = get_json(kubectl, "nodes")["items"]
     for pod in running:
         assert all_ready(pod), pod["metadata"]["name"]
         assert restarts(pod) == 0, pod["metadata"]["name"]
-        assert pod["spec"]["nodeName"] == "tasks-node"
+        assert pod["spec"]["nodeName"] == node["metadata"]["name"]
     pvc = get_json(kubectl, "pvc", f"data-{RELEASE}-redis-0", "-n", ns)
     assert pvc["status"]["phase"] == "Bound"
 
