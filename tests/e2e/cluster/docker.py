@@ -404,11 +404,11 @@ def status(paths: Paths | None = None) -> bool:
     return ok
 
 
-def exec_inside(paths: Paths, argv: list[str]) -> int:
-    """Replace this process with `argv`, in the daemon's namespaces, with client_env()."""
+def exec_inside(paths: Paths, argv: list[str], env: dict[str, str] | None = None) -> int:
+    """Replace this process with `argv`, in the daemon's namespaces, with `env` (client_env())."""
     state = State.load(paths)
     if not state or not state.holder:
-        raise ClusterError("docker is not up: run `make docker-up`")
+        raise ClusterError("docker is not up: run `make docker-up` (or `make kind-up`)")
     with netns.inside(state.holder):
-        os.execvpe(argv[0], argv, client_env(paths))  # noqa: S606 - the developer's own command
+        os.execvpe(argv[0], argv, env or client_env(paths))  # noqa: S606 - the developer's own command
     return 127  # not reached

@@ -14,7 +14,6 @@ rung 5. `down` deletes the cluster, then brings the daemon down (which checks th
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
@@ -135,9 +134,4 @@ def status(paths: Paths | None = None) -> bool:
 
 def exec_inside(paths: Paths, argv: list[str]) -> int:
     """Replace this process with `argv`, in the daemon's namespaces, with client_env()."""
-    state = State.load(paths)
-    if not state or not state.holder:
-        raise ClusterError("kind is not up: run `make kind-up`")
-    with netns.inside(state.holder):
-        os.execvpe(argv[0], argv, client_env(paths))  # noqa: S606 - the developer's own command
-    return 127  # not reached
+    return docker.exec_inside(paths, argv, client_env(paths))

@@ -152,6 +152,19 @@ def _commit(ctr: str, ref: str, inputs: str, *config: str) -> None:
     images._buildah("commit", "--quiet", ctr, ref)
 
 
+def _scratch_image(ref: str, exe: Path, dest: str, *config: str) -> None:
+    """ref: FROM scratch, the static binary exe at dest; rebuilt when the binary changes."""
+    inputs = _sha256(exe)
+    if _label(ref) == inputs:
+        return
+    ctr = images._buildah("from", "scratch")
+    try:
+        images._buildah("copy", "--chmod", "0755", ctr, str(exe), dest)
+        _commit(ctr, ref, inputs, *config)
+    finally:
+        images._buildah("rm", ctr, check=False)
+
+
 def build_components(r: dict[str, str]) -> list[Path]:
     """The control-plane image (tagged for each component and etcd), CoreDNS and pause; their
     archives, reused while the image IDs are the same."""
@@ -176,23 +189,11 @@ def build_components(r: dict[str, str]) -> list[Path]:
             images._buildah("rm", ctr, check=False)
     for name in ALIASES:
         images._buildah("tag", main, r[name])
-    inputs = _sha256(coredns)
-    if _label(r["coredns"]) != inputs:
-        ctr = images._buildah("from", "scratch")
-        try:
-            images._buildah("copy", "--chmod", "0755", ctr, str(coredns), "/coredns")
-            _commit(ctr, r["coredns"], inputs, "--entrypoint", '["/coredns"]')
-        finally:
-            images._buildah("rm", ctr, check=False)
+    _scratch_image(r["coredns"], coredns, "/coredns", "--entrypoint", '["/coredns"]')
     provisioner = binary("local-path-provisioner", "kind-node-image")
-    inputs = _sha256(provisioner)
-    if _label(r["local-path-provisioner"]) != inputs:
-        ctr = images._buildah("from", "scratch")
-        try:
-            images._buildah("copy", "--chmod", "0755", ctr, str(provisioner), "/usr/local/bin/")
-            _commit(ctr, r["local-path-provisioner"], inputs, "--env", "PATH=/usr/local/bin")
-        finally:
-            images._buildah("rm", ctr, check=False)
+    _scratch_image(
+        r["local-path-provisioner"], provisioner, "/usr/local/bin/", "--env", "PATH=/usr/local/bin"
+    )
     if not images.image_id(images.PAUSE):
         images.build_pause()
     how = "make kind-node-image"

@@ -14,6 +14,7 @@ kind-node-image`; the kubectl and helm fixtures of tests/e2e/conftest.py serve i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -24,12 +25,15 @@ from tests.e2e.cluster import State, images, netns
 from tests.e2e.cluster import docker as docker_harness
 from tests.e2e.cluster import kind as kind_harness
 from tests.e2e.kube import CHART
-from tests.support import require_tool
+from tests.support import ROOT, require_tool
 
 # The artifact skaffold.yaml builds; the chart and the kustomize base deploy it under this name.
 ARTIFACT = "ghcr.io/example/tasks"
 CA_FILE = Path(os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
 KIND_CLUSTER = kind_harness.CLUSTER
+# The version and tag `docker build` gives the image in built_image.
+VERSION = "0.0.0-e2e-kind"
+TAG = f"{ARTIFACT}:e2e-kind"
 # Figures the tests measured, printed at the end of the run.
 FACTS: dict[str, str] = {}
 
@@ -51,38 +55,54 @@ def docker_daemon() -> State:
     return state
 
 
+def _run(
+    argv: list[str], timeout: float, check: bool, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(  # type: ignore[call-overload]
+        argv, capture_output=True, text=True, timeout=timeout, check=False, **kw
+    )
+    if check and proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-4000:]}",
+            pytrace=False,
+        )
+    return proc  # type: ignore[no-any-return]
+
+
 def docker(
     *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """The docker CLI on PATH (Debian's, set by the harness), as a user runs it."""
-    proc = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"docker {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-            f"{proc.stderr[-3000:]}",
-            pytrace=False,
-        )
-    return proc
+    return _run(["docker", *args], timeout, check)
 
 
 def tool(
     name: str, *args: str, timeout: float = 300, check: bool = True, **kw: object
 ) -> subprocess.CompletedProcess[str]:
     """A pinned tool (.tools/bin) run as a user runs it; a failure shows its output."""
-    hint = "make kind-tools builds the pinned skaffold and kind"
+    exe = require_tool(name, "make kind-tools builds the pinned skaffold and kind")
+    return _run([exe, *args], timeout, check, **kw)
+
+
+@pytest.fixture(scope="session")
+def built_image(docker_daemon: State) -> str:
+    """`docker build` in the checkout: BuildKit (the daemon's default), the stand-in base as the
+    base-image build arg, the proxy CA as the `ca` build secret (as tests/image/build.sh does)."""
+    args = ["build", "--tag", TAG, "--build-arg", f"VERSION={VERSION}"]
+    args += ["--build-arg", f"BASE_IMAGE={docker_harness.STANDIN_BASE}"]
+    if CA_FILE.is_file():
+        args += ["--secret", f"id=ca,src={CA_FILE}"]
     proc = subprocess.run(
-        [require_tool(name, hint), *args], capture_output=True, text=True, timeout=timeout,
-        check=False, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
-    if check and proc.returncode != 0:
-        pytest.fail(
-            f"{name} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-            f"{proc.stderr[-4000:]}",
-            pytrace=False,
-        )
-    return proc
+        ["docker", *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"docker build failed:\n{proc.stderr[-4000:]}", pytrace=False)
+    # BuildKit's own progress names the frontend it ran: the one the `# syntax=` line names.
+    assert re.search(
+        rf"resolve image config for \S*docker.io/{docker_harness.frontend_ref()}\b", proc.stderr
+    )
+    return TAG
 
 
 @pytest.fixture(scope="session")

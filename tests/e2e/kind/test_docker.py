@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import tarfile
 import urllib.request
@@ -18,33 +17,10 @@ import pytest
 from tests.e2e.cluster import State
 from tests.e2e.cluster import docker as docker_harness
 from tests.e2e.cluster.procs import free_ports, wait_for
-from tests.e2e.kind.conftest import ARTIFACT, CA_FILE, docker
+from tests.e2e.kind.conftest import ARTIFACT, CA_FILE, VERSION, docker
 from tests.support import ROOT, require_tool
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
-
-VERSION = "0.0.0-e2e-kind"
-TAG = f"{ARTIFACT}:e2e-kind"
-
-
-@pytest.fixture(scope="module")
-def built_image(docker_daemon: State) -> str:
-    """`docker build` in the checkout: BuildKit (the daemon's default), the stand-in base as the
-    base-image build arg, the proxy CA as the `ca` build secret (as tests/image/build.sh does)."""
-    args = ["build", "--tag", TAG, "--build-arg", f"VERSION={VERSION}"]
-    args += ["--build-arg", f"BASE_IMAGE={docker_harness.STANDIN_BASE}"]
-    if CA_FILE.is_file():
-        args += ["--secret", f"id=ca,src={CA_FILE}"]
-    proc = subprocess.run(
-        ["docker", *args, "."], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"docker build failed:\n{proc.stderr[-4000:]}", pytrace=False)
-    # BuildKit's own progress names the frontend it ran: the one the `# syntax=` line names.
-    assert re.search(
-        rf"resolve image config for \S*docker.io/{docker_harness.frontend_ref()}\b", proc.stderr
-    )
-    return TAG
 
 
 @pytest.fixture

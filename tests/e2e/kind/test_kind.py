@@ -6,7 +6,6 @@ each removes what it deployed (`skaffold delete`)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -23,8 +22,9 @@ import pytest
 
 from tests.e2e.cluster import TOOLS_BIN, kindnode
 from tests.e2e.cluster.procs import free_ports
-from tests.e2e.kind.conftest import ARTIFACT, FACTS, KIND_CLUSTER, tool
-from tests.e2e.kube import get_json, wait_until
+from tests.e2e.kind.conftest import ARTIFACT, FACTS, KIND_CLUSTER, docker, tool
+from tests.e2e.kube import KUSTOMIZE, get_json, wait_until
+from tests.e2e.node.test_release import job_summary
 from tests.support import ROOT
 
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(900)]
@@ -78,14 +78,6 @@ def _answers(client: httpx.Client) -> bool:
 
 def pods_of(kubectl, ns: str, selector: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     return get_json(kubectl, "pods", "-n", ns, "-l", selector)["items"]  # type: ignore[no-any-return]
-
-
-def job_summary(kubectl, ns: str, job: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    kubectl(
-        "wait", "--for=condition=Complete", f"job/{job}", "-n", ns, "--timeout=180s", timeout=200
-    )
-    lines = kubectl("logs", "-n", ns, f"job/{job}").stdout.strip().splitlines()
-    return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
 @pytest.mark.factor("X")
@@ -267,3 +259,28 @@ def test_the_kustomize_profile_runs_and_kubectl_create_job_from_cronjob_cleanup_
         )
     finally:
         skaffold(kubeconfig, tmp_path, "delete", "-p", "kustomize")
+
+
+@pytest.mark.factor("V", "XII")
+def test_the_readme_kustomize_path_runs_the_docker_build_loaded_into_kind(  # type: ignore[no-untyped-def]
+    kubectl, built_image, chart_redis_image
+) -> None:
+    """The README's dev path, command by command: the `docker build` image as
+    ghcr.io/example/tasks:dev, `kind load docker-image`, `kubectl apply -k
+    deploy/kustomize/overlays/dev`, `kubectl rollout status deployment/tasks`, `kubectl create job
+    --from=cronjob/cleanup manual-1` (in a namespace of its own)."""
+    dev = f"{ARTIFACT}:dev"
+    docker("tag", built_image, dev)
+    tool("kind", "load", "docker-image", dev, "--name", KIND_CLUSTER)
+    ns = f"readme-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", ns)
+    try:
+        kubectl("apply", "-k", str(KUSTOMIZE / "overlays" / "dev"), "-n", ns)
+        kubectl("rollout", "status", "deployment/tasks", "-n", ns, "--timeout=180s", timeout=200)
+        (pod,) = pods_of(kubectl, ns, "app.kubernetes.io/component=api")
+        assert pod["spec"]["containers"][0]["image"] == dev
+        kubectl("create", "job", "--from=cronjob/cleanup", "manual-1", "-n", ns)
+        summary = job_summary(kubectl, ns, "manual-1")
+        assert summary["job"] == "cleanup" and "error" not in summary, summary
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)
