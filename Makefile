@@ -385,7 +385,7 @@ docker-shell: ## a shell inside its namespace: DOCKER_HOST set, Debian's docker 
 	$(PYTHON) -m tests.e2e.cluster --docker exec -- bash
 
 .PHONY: kind-up
-kind-up: kind-tools kind-node-image node-images image-redis ## start (or reuse) dockerd and the kind cluster `tasks` on it, with the real-pod suite's images (root)
+kind-up: kind-tools kind-node-image node-images ## start (or reuse) dockerd and the kind cluster `tasks` on it, with the real-pod suite's images (root)
 	$(PYTHON) -m tests.e2e.cluster --kind up
 
 .PHONY: kind-down
@@ -403,7 +403,7 @@ kind-shell: ## a shell inside the daemon's namespace with KUBECONFIG set to the 
 # The docker and kind tests (tests/e2e/kind), then the real-pod suite of rung 5, unchanged, on
 # the kind cluster (TASKS_E2E_CLUSTER=kind).
 .PHONY: e2e-kind
-e2e-kind: venv tools kind-tools kind-node-image node-images image-redis ## rung 6: kind-up, docker build/run, skaffold run and dev, the real-pod suite on kind, kind-down
+e2e-kind: venv tools kind-tools kind-node-image node-images ## rung 6: kind-up, docker build/run, skaffold run and dev, the real-pod suite on kind, kind-down
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/e2e-kind.xml $(REPORTS)/e2e-kind-node.xml
 	$(PYTHON) -m tests.e2e.cluster --kind up
 	rc=0; $(PYTHON) -m tests.e2e.cluster --kind exec -- $(VENV)/bin/pytest -m kind tests/e2e/kind \

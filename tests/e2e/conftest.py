@@ -13,11 +13,12 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.cluster import TOOLS_BIN, kwok
+from tests.e2e.cluster import TOOLS_BIN, Paths, State, kwok, netns
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,19 @@ def e2e_cluster():
         yield state
     finally:
         kwok.down(paths)
+
+
+def harness_state(paths: Paths, what: str, how: str, healthy: Callable[[State], bool]) -> State:
+    """The State of what a harness started (tests/e2e/cluster), for tests that run inside its
+    namespaces: fails, saying `how` to start it, unless it is up, pytest is inside, and healthy."""
+    state = State.load(paths)
+    if not state or not state.holder:
+        pytest.fail(f"{what} is not up: {how}", pytrace=False)
+    if not netns.is_inside(state.namespaces):
+        pytest.fail(f"these tests run inside the namespaces of {what}: {how}", pytrace=False)
+    if not healthy(state):
+        pytest.fail(f"{what} is not healthy (see {paths.logs}): {how}", pytrace=False)
+    return state
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ HOW = {
 }
 
 
-def _buildah(*args: str, **kw: object) -> str:
+def buildah(*args: str, **kw: object) -> str:
     exe = shutil.which("buildah")
     if not exe:
         raise ClusterError("buildah is missing: run `make system-deps`")
@@ -41,7 +41,7 @@ def _buildah(*args: str, **kw: object) -> str:
 
 
 def image_id(ref: str) -> str | None:
-    ids = _buildah("images", "--quiet", "--no-trunc", ref, check=False)
+    ids = buildah("images", "--quiet", "--no-trunc", ref, check=False)
     return ids.splitlines()[0].removeprefix("sha256:") if ids else None
 
 
@@ -50,13 +50,13 @@ def build_pause() -> None:
     binary = TOOLS_BIN / "pause"
     if not binary.exists():
         raise ClusterError(f"{binary} is missing: run `make node-tools`")
-    ctr = _buildah("from", "scratch")
+    ctr = buildah("from", "scratch")
     try:
-        _buildah("copy", ctr, str(binary), "/pause")
-        _buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr)
-        _buildah("commit", "--quiet", ctr, PAUSE)
+        buildah("copy", ctr, str(binary), "/pause")
+        buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr)
+        buildah("commit", "--quiet", ctr, PAUSE)
     finally:
-        _buildah("rm", ctr, check=False)
+        buildah("rm", ctr, check=False)
 
 
 def next_layout_sources(root: Path = ROOT) -> dict[str, str]:
@@ -87,16 +87,16 @@ def next_layout() -> None:
     if not app:
         raise ClusterError(f"image {APP} is not in buildah's store: run `{HOW[APP]}`")
     label = "org.tasks.test.next-layout.from"
-    if _buildah("inspect", "--format", f'{{{{index .ImageAnnotations "{label}"}}}}', NEXT_LAYOUT,
+    if buildah("inspect", "--format", f'{{{{index .ImageAnnotations "{label}"}}}}', NEXT_LAYOUT,
                 check=False) == app:  # fmt: skip
         return
     patched = next_layout_sources()
-    ctr = _buildah("from", "--pull=false", APP)
+    ctr = buildah("from", "--pull=false", APP)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for name, text in patched.items():
                 (Path(tmp) / name).write_text(text)
-                _buildah(
+                buildah(
                     "copy",
                     "--chmod",
                     "0644",
@@ -104,10 +104,10 @@ def next_layout() -> None:
                     str(Path(tmp) / name),
                     f"/app/service/store/{name}",
                 )
-        _buildah("config", "--annotation", f"{label}={app}", ctr)
-        _buildah("commit", "--quiet", ctr, NEXT_LAYOUT)
+        buildah("config", "--annotation", f"{label}={app}", ctr)
+        buildah("commit", "--quiet", ctr, NEXT_LAYOUT)
     finally:
-        _buildah("rm", ctr, check=False)
+        buildah("rm", ctr, check=False)
 
 
 def export() -> list[Path]:
@@ -144,7 +144,7 @@ def archive(ref: str, how: str) -> Path:
         log(f"exporting {ref} ({iid[:12]})")
         tmp = path.with_suffix(".partial")
         tmp.unlink(missing_ok=True)
-        _buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
+        buildah("push", "--quiet", ref, f"docker-archive:{tmp}:{ref}")
         tmp.rename(path)
     return path
 

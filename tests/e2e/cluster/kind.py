@@ -2,10 +2,10 @@
 in the Docker daemon of docker.py and inside its namespace; its kubeconfig in .cache/docker/kind/.
 
 `up` starts (or reuses) the daemon, loads the node image, creates the cluster (or reuses a
-healthy one), `kind load`s the images the real-pod suite deploys (the app, its next-layout build,
-the Redis stand-in: images.export(), as rung 5 imports them), and routes the cluster's Service
-and pod ranges to the node inside the namespace, so the suite reaches ClusterIPs as it does on
-rung 5. `down` deletes the cluster, then brings the daemon down (which checks the host).
+healthy one), `kind load`s the images rung 5 imports (images.export(): the app, its next-layout
+build, the Redis stand-in, pause), and routes the cluster's Service and pod ranges to the node
+inside the namespace, so the suite reaches ClusterIPs as it does on rung 5. `down` deletes the
+cluster, then brings the daemon down (which checks the host).
 
     python -m tests.e2e.cluster --kind up|status|down
     python -m tests.e2e.cluster --kind exec -- CMD...   # KUBECONFIG and DOCKER_HOST set
@@ -71,9 +71,7 @@ def up(paths: Paths | None = None, timeout: float = UP_TIMEOUT) -> State:
     node_archive = images.archived(node_image)
     if not node_archive:
         raise ClusterError(f"{node_image} has no archive: run `make kind-node-image`")
-    images.export()  # buildah works in the host's namespaces (its /run)
-    suite_images = (images.APP, images.NEXT_LAYOUT, images.REDIS)
-    archives = [a for a in map(images.archived, suite_images) if a]
+    archives = images.export()  # buildah works in the host's namespaces (its /run)
     state = docker.up(paths)
     if healthy(paths, state):
         log(f"kind cluster {CLUSTER} already up: KUBECONFIG={kubeconfig(paths)}")

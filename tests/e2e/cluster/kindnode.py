@@ -144,12 +144,12 @@ def _sha256(*paths: Path) -> str:
 
 def _label(ref: str) -> str:
     fmt = f'{{{{index .ImageAnnotations "{INPUTS_LABEL}"}}}}'
-    return images._buildah("inspect", "--format", fmt, ref, check=False)
+    return images.buildah("inspect", "--format", fmt, ref, check=False)
 
 
 def _commit(ctr: str, ref: str, inputs: str, *config: str) -> None:
-    images._buildah("config", "--annotation", f"{INPUTS_LABEL}={inputs}", *config, ctr)
-    images._buildah("commit", "--quiet", ctr, ref)
+    images.buildah("config", "--annotation", f"{INPUTS_LABEL}={inputs}", *config, ctr)
+    images.buildah("commit", "--quiet", ctr, ref)
 
 
 def _scratch_image(ref: str, exe: Path, dest: str, *config: str) -> None:
@@ -157,12 +157,12 @@ def _scratch_image(ref: str, exe: Path, dest: str, *config: str) -> None:
     inputs = _sha256(exe)
     if _label(ref) == inputs:
         return
-    ctr = images._buildah("from", "scratch")
+    ctr = images.buildah("from", "scratch")
     try:
-        images._buildah("copy", "--chmod", "0755", ctr, str(exe), dest)
+        images.buildah("copy", "--chmod", "0755", ctr, str(exe), dest)
         _commit(ctr, ref, inputs, *config)
     finally:
-        images._buildah("rm", ctr, check=False)
+        images.buildah("rm", ctr, check=False)
 
 
 def build_components(r: dict[str, str]) -> list[Path]:
@@ -177,18 +177,18 @@ def build_components(r: dict[str, str]) -> list[Path]:
     inputs = _sha256(kube, etcd) + base_id
     main = r["kube-apiserver"]
     if _label(main) != inputs:
-        ctr = images._buildah("from", "--pull=false", BASE)
+        ctr = images.buildah("from", "--pull=false", BASE)
         try:
-            images._buildah("copy", "--chmod", "0755", ctr, str(kube), str(etcd), "/usr/local/bin/")
+            images.buildah("copy", "--chmod", "0755", ctr, str(kube), str(etcd), "/usr/local/bin/")
             names = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy")
             links = " && ".join(f"ln -s kube /usr/local/bin/{n}" for n in names)
-            images._buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", links)
+            images.buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", links)
             what = "Kubernetes control plane, kube-proxy and etcd for the kind node"
             _commit(ctr, main, inputs, "--label", f"org.opencontainers.image.description={what}")
         finally:
-            images._buildah("rm", ctr, check=False)
+            images.buildah("rm", ctr, check=False)
     for name in ALIASES:
-        images._buildah("tag", main, r[name])
+        images.buildah("tag", main, r[name])
     _scratch_image(r["coredns"], coredns, "/coredns", "--entrypoint", '["/coredns"]')
     provisioner = binary("local-path-provisioner", "kind-node-image")
     _scratch_image(
@@ -297,9 +297,9 @@ def build_node(r: dict[str, str], v: dict[str, str], archives: list[Path]) -> Pa
     if _label(r["node"]) == inputs:
         return images.archive(r["node"], how)
     log(f"building the kind node image {r['node']}")
-    ctr = images._buildah("from", "--pull=false", BASE)
+    ctr = images.buildah("from", "--pull=false", BASE)
     try:
-        mnt = Path(images._buildah("mount", ctr))
+        mnt = Path(images.buildah("mount", ctr))
         _install_tree(files, mnt)
         etc = mnt / "etc"
         toml = etc / "containerd" / "config.toml"
@@ -334,7 +334,7 @@ def build_node(r: dict[str, str], v: dict[str, str], archives: list[Path]) -> Pa
         (kind_dir / "manifests").mkdir(mode=0o755)
         (kind_dir / "manifests" / "default-storage.yaml").write_text(storage_manifest(module, r))
         (etc / "kubernetes" / "manifests").mkdir(parents=True, exist_ok=True)
-        images._buildah("umount", ctr)
+        images.buildah("umount", ctr)
         # What kind's base Dockerfile does after installing packages.
         lib = "/lib/systemd/system"
         setup = " && ".join([
@@ -347,7 +347,7 @@ def build_node(r: dict[str, str], v: dict[str, str], archives: list[Path]) -> Pa
             "systemctl enable kubelet containerd undo-mount-hacks kind-images",
             "systemctl mask systemd-binfmt.service",
         ])  # fmt: skip
-        images._buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", setup)
+        images.buildah("run", "--isolation", "chroot", ctr, "--", "sh", "-c", setup)
         _commit(
             ctr, r["node"], inputs,
             "--entrypoint", '["/usr/local/bin/entrypoint", "/sbin/init"]', "--cmd", "[]",
@@ -356,7 +356,7 @@ def build_node(r: dict[str, str], v: dict[str, str], archives: list[Path]) -> Pa
             f"{v['kubernetes']}) built from this project's pinned sources",
         )  # fmt: skip
     finally:
-        images._buildah("rm", ctr, check=False)
+        images.buildah("rm", ctr, check=False)
     return images.archive(r["node"], how)
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.cluster import State, images, netns
+from tests.e2e.cluster import State, images
 from tests.e2e.cluster import docker as docker_harness
 from tests.e2e.cluster import kind as kind_harness
+from tests.e2e.conftest import harness_state
 from tests.e2e.kube import CHART
 from tests.support import ROOT, require_tool
 
@@ -41,15 +42,13 @@ FACTS: dict[str, str] = {}
 @pytest.fixture(scope="session")
 def docker_daemon() -> State:
     paths = docker_harness.default_paths()
-    state = State.load(paths)
     how = (
         "run `make e2e-kind` (or `make docker-up`, then "
         "`python -m tests.e2e.cluster --docker exec -- .venv/bin/pytest -m kind tests/e2e/kind`)"
     )
-    if not state or not state.holder:
-        pytest.fail(f"the docker daemon is not up: {how}", pytrace=False)
-    if not netns.is_inside(state.namespaces):
-        pytest.fail(f"pytest is not inside the daemon's namespaces: {how}", pytrace=False)
+    state = harness_state(
+        paths, "the docker daemon", how, lambda s: docker_harness.healthy(paths, s)
+    )
     if os.environ.get("DOCKER_HOST") != f"unix://{docker_harness.sock(paths)}":
         pytest.fail(f"DOCKER_HOST does not point at the harness's daemon: {how}", pytrace=False)
     return state

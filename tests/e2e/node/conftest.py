@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import State, netns
+from tests.e2e.cluster import State
 from tests.e2e.cluster import kind as kind_cluster
 from tests.e2e.cluster import node as node_cluster
-from tests.e2e.conftest import _namespace_name
+from tests.e2e.conftest import _namespace_name, harness_state
 
 ON_KIND = os.environ.get("TASKS_E2E_CLUSTER") == "kind"
 # Figures the tests measured, printed at the end of the run.
@@ -41,34 +41,25 @@ def e2e_cluster() -> State:
     if ON_KIND:
         return _kind_cluster()
     paths = node_cluster.default_paths()
-    state = State.load(paths)
     how = (
         "run `make e2e-node` (or `make node-up`, then "
         "`python -m tests.e2e.cluster --node exec -- .venv/bin/pytest -m node tests/e2e/node`)"
     )
-    if not state or not state.holder:
-        pytest.fail(f"the node cluster is not up: {how}", pytrace=False)
-    if not netns.is_inside(state.namespaces):
-        pytest.fail(f"these tests run inside the node's namespaces: {how}", pytrace=False)
-    if not node_cluster.healthy(paths, state):
-        pytest.fail(f"the node cluster is not healthy: see {paths.logs}", pytrace=False)
-    return state
+    return harness_state(paths, "the node cluster", how, lambda s: node_cluster.healthy(paths, s))
 
 
 def _kind_cluster() -> State:
     paths = kind_cluster.default_paths()
-    state = State.load(paths)
     how = (
         "run `make e2e-kind` (or `make kind-up`, then `TASKS_E2E_CLUSTER=kind python -m "
         "tests.e2e.cluster --kind exec -- .venv/bin/pytest -m node tests/e2e/node`)"
     )
-    if not state or not state.holder or not state.kubeconfig:
-        pytest.fail(f"the kind cluster is not up: {how}", pytrace=False)
-    if not netns.is_inside(state.namespaces):
-        pytest.fail(f"these tests run inside the Docker daemon's namespaces: {how}", pytrace=False)
-    if not kind_cluster.node_ready(paths):
-        pytest.fail(f"the kind node is not Ready: {how}", pytrace=False)
-    return state
+    return harness_state(
+        paths,
+        "the kind cluster",
+        how,
+        lambda s: bool(s.kubeconfig) and kind_cluster.node_ready(paths),
+    )
 
 
 def _restricted_namespace(kubectl, name: str) -> str:  # type: ignore[no-untyped-def]
