@@ -1,12 +1,16 @@
 """`python -m jobs cleanup`: delete done tasks completed longer ago than the retention.
 
-Walks the completion-time index from the oldest up to the cutoff, so a run reads only the
-expired tasks however many done ones there are ("index": "completion-time" in its summary). On
+Walks the completion-time index from the oldest up to the cutoff, so a run touches only the
+expired tasks however many done ones there are ("index": "completion-time" in its summary), and
+has the store delete them where they are (`TaskStore.delete_completed`: in Redis, a script per
+batch that checks and deletes each task at once, so none is read into this process and nothing
+changes between check and delete; a task re-opened before its batch is not in the index). On
 data whose layout is older than `COMPLETION_INDEX_LAYOUT` (an upgrade before its
 `migrate --contract`: older builds still write, and do not keep the index) it walks the whole
-`done` index instead ("index": "scan"). Either walk goes in keyset batches (memory stays flat),
-deletes a task only if it is still exactly as read (a task re-opened or edited meanwhile
-survives), and holds an expiring lock so that two runs never both act.
+`done` index instead ("index": "scan"), reading each batch and deleting a task only if it is
+still exactly as read (a task re-opened or edited meanwhile survives: "changed"). A dry run
+reads what it would delete. Either walk goes in bounded batches (memory stays flat), and a run
+holds an expiring lock so that two runs never both act.
 """
 
 from __future__ import annotations
@@ -88,6 +92,14 @@ async def purge(
     counts = Counts()
     if indexed(await store.layout()):
         counts.index = "completion-time"
+        if not dry_run:
+            while (swept := await store.delete_completed(before=cutoff, limit=batch)).looked:
+                counts.batches += 1
+                counts.scanned += swept.looked
+                counts.expired += swept.deleted
+                counts.deleted += swept.deleted
+                await _batch_done(store, counts, dry_run, lock_token)
+            return counts
         batches = _expired(store, cutoff, batch)
     else:
         counts.index = "scan"
@@ -109,12 +121,17 @@ async def purge(
             deleted = len(await store.delete_unchanged(expired))
             counts.deleted += deleted
             counts.changed += len(expired) - deleted
-        log.debug("batch", extra=asdict(counts))
-        if lock_token is not None and not await store.renew_lock(
-            LOCK, lock_token, LOCK_TTL_SECONDS
-        ):
-            raise JobFailed("lost the cleanup lock (it expired)", _summary(counts, dry_run))
+        await _batch_done(store, counts, dry_run, lock_token)
     return counts
+
+
+async def _batch_done(
+    store: TaskStore, counts: Counts, dry_run: bool, lock_token: str | None
+) -> None:
+    """After each batch: log the counts so far, and renew the lock (or fail, having lost it)."""
+    log.debug("batch", extra=asdict(counts))
+    if lock_token is not None and not await store.renew_lock(LOCK, lock_token, LOCK_TTL_SECONDS):
+        raise JobFailed("lost the cleanup lock (it expired)", _summary(counts, dry_run))
 
 
 def _summary(counts: Counts, dry_run: bool) -> Summary:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task
 from service.store import TaskStore
-from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow
+from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow, Swept
 from service.store.migrations import BUILD_LAYOUT
 from tests.support import with_store
 
@@ -164,6 +164,59 @@ def test_delete_unchanged_keeps_a_task_modified_since_it_was_read(
 
     deleted, ids, everything = with_store(make_settings(store_kind), unchanged)
     assert deleted == ids and not set(ids) & set(everything)
+
+
+@pytest.mark.factor("XII", "X")
+def test_delete_completed_takes_the_oldest_expired_in_bounded_passes_and_nothing_else(
+    store_kind: str, make_settings
+) -> None:  # type: ignore[no-untyped-def]
+    """Cleanup's sweep: the expired done tasks go, oldest first, `limit` at a time, with their
+    index entries; a task completed at the bound, a re-opened one and open ones stay."""
+    expired = [task(f"expired {i}", Status.done, NOW - timedelta(days=9 - i)) for i in range(7)]
+    at_bound = task("completed at the bound", Status.done, NOW)
+    reopened = task("re-opened", Status.done, NOW - timedelta(days=20))
+    open_ = [task("todo"), task("in progress", Status.in_progress, NOW - timedelta(days=30))]
+
+    async def sweep(store: TaskStore) -> tuple[list[Swept], list[str], list[str], list[str]]:
+        await store.put_many([*expired, at_bound, reopened, *open_])
+        await store.update(reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
+        passes = []
+        while True:
+            passes.append(await store.delete_completed(before=NOW, limit=3))
+            if not passes[-1].looked:
+                break
+        left = await store.scan_ids(status=None, after=None, limit=100)
+        done = await store.scan_ids(status=Status.done, after=None, limit=100)
+        indexed = await store.scan_completed(before=NOW + timedelta(1), after=None, limit=100)
+        return passes, left, done, [task_id for _, task_id in indexed]
+
+    settings = make_settings(store_kind)
+    passes, left, done, indexed = with_store(settings, sweep)
+    if store_kind == "cluster":  # the shards share `limit`: each takes at least one
+        assert sum(p.deleted for p in passes) == 7 and passes[-1] == (0, 0)
+    else:
+        assert passes == [(3, 3), (3, 3), (1, 1), (0, 0)]
+    assert left == sorted(t.id for t in (at_bound, reopened, *open_))
+    assert done == indexed == [at_bound.id]
+
+
+@pytest.mark.factor("XII", "X")
+def test_delete_completed_drops_an_index_entry_whose_task_is_not_done(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """No writer leaves one, but a sweep must not delete such a task, nor stall on its entry."""
+    settings = make_settings("redis")
+    stray, old = task("todo, yet in the index"), task("old", Status.done, NOW - timedelta(1))
+
+    async def sweep(store: TaskStore) -> tuple[list[Swept], list[str]]:
+        await store.put_many([stray, old])
+        raw = redis.Redis.from_url(settings.redis_url)
+        raw.zadd(f"{settings.redis_key_prefix}index:completed", {stray.id: 1})
+        raw.close()
+        passes = [await store.delete_completed(before=NOW, limit=10) for _ in range(2)]
+        return passes, await store.scan_ids(status=None, after=None, limit=10)
+
+    passes, left = with_store(settings, sweep)
+    assert passes == [(2, 1), (0, 0)]
+    assert left == [stray.id]
 
 
 @pytest.mark.factor("XII", "VIII", "X")

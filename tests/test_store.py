@@ -165,6 +165,8 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
             assert await store.get_many([kept.id, gone.id]) == [done]
             await store.put_many([done])
             assert await store.delete_unchanged([done]) == [kept.id]
+            await store.put_many([done])
+            assert await store.delete_completed(before=later, limit=5) == (1, 1)
             window = LayoutWindow(LAYOUT_VERSION, LAYOUT_VERSION)
             await store.set_layout(window)
             assert await store.layout() == window

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from service.domain import Page, Status, Task
 from service.errors import TasksError
@@ -16,6 +16,15 @@ TaskList = list[Task]
 Completion = tuple[datetime, str]
 """A done task's place in the completion-time index: its completed_at, then its id."""
 CompletionList = list[Completion]
+
+
+class Swept(NamedTuple):
+    """One pass of `delete_completed`: index entries it took (the oldest expired ones), and how
+    many of them were done tasks it deleted (the others were not done: their entry went)."""
+
+    looked: int
+    deleted: int
+
 
 LAYOUT_VERSION = 3
 """The data layout this build writes (Redis: `<prefix>meta:layout`); migrations bump it."""
@@ -172,6 +181,13 @@ class TaskStore(Protocol):
         completion-time index that touches none of the later ones, stable while tasks are
         deleted or re-opened behind the cursor. Complete on data at `COMPLETION_INDEX_LAYOUT`
         or later; on older data it may miss tasks that older builds completed."""
+
+    async def delete_completed(self, *, before: datetime, limit: int) -> Swept:
+        """Delete the oldest done tasks completed before `before`, at most `limit` of them
+        (a Redis Cluster's shards share it), each at once with its index entries, reading no
+        task into the caller: what the completion-time index says expired is checked and
+        deleted where the data is, atomically. `Swept.looked` is 0 once none is left. Relies on
+        the index: complete on data at `COMPLETION_INDEX_LAYOUT` or later only."""
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         """The tasks with these ids, in that order; absent ids are skipped."""

@@ -78,6 +78,7 @@ class InstrumentedStore:
     # the admin jobs' operations
     scan_ids = _timed(TaskStore.scan_ids)
     scan_completed = _timed(TaskStore.scan_completed)
+    delete_completed = _timed(TaskStore.delete_completed)
     get_many = _timed(TaskStore.get_many)
     delete_unchanged = _timed(TaskStore.delete_unchanged)
     put_many = _timed(TaskStore.put_many)

@@ -19,6 +19,7 @@ from service.store.base import (
     Idempotency,
     IdList,
     LayoutWindow,
+    Swept,
     TaskList,
 )
 
@@ -120,6 +121,12 @@ class MemoryTaskStore:
         start = bisect_right(done, after) if after is not None else 0
         end = bisect_left(done, (before, ""))
         return done[start : min(end, start + limit)]
+
+    async def delete_completed(self, *, before: datetime, limit: int) -> Swept:
+        expired = self._completed[: min(bisect_left(self._completed, (before, "")), limit)]
+        for _, task_id in expired:  # the index holds done tasks only: each is deleted
+            await self.delete(task_id)
+        return Swept(len(expired), len(expired))
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         return [self._tasks[i] for i in task_ids if i in self._tasks]

@@ -30,7 +30,8 @@ for a pooled connection included. A listing reads its index range and the hashes
 script too, so a page is a consistent snapshot.
 
 The completion-time index: every script that changes a task keeps it too (a done task is in it,
-no other), so cleanup reads only the expired tasks (`scan_completed`). Builds of layout 1 did not
+no other), so cleanup touches only the expired tasks, and deletes them in place
+(`delete_completed`: a script per shard and batch; a dry run reads them with `scan_completed`). Builds of layout 1 did not
 keep it: layout 2 backfills it while they may still serve, layout 3 (a contraction, run by
 `python -m jobs migrate --contract`) stops them and backfills it again, and only on data at
 layout 3 or later (`COMPLETION_INDEX_LAYOUT`) does cleanup rely on it.
@@ -103,6 +104,7 @@ from service.store.base import (
     LayoutMismatch,
     LayoutWindow,
     ShardCountMismatch,
+    Swept,
     TaskList,
     completed_at,
     completion_score,
@@ -424,6 +426,7 @@ class RedisTaskStore:
         self._delete_unchanged = client.register_script(self._DELETE_UNCHANGED)
         self._put = client.register_script(self._PUT)
         self._completed_script = client.register_script(self._COMPLETED)
+        self._delete_completed = client.register_script(self._DELETE_COMPLETED)
         self._get_many_script = client.register_script(self._GET_MANY)
         self._renew_lock = client.register_script(self._RENEW_LOCK)
         self._release_lock = client.register_script(self._RELEASE_LOCK)
@@ -865,6 +868,48 @@ class RedisTaskStore:
             for task_id, score in zip(reply[::2], reply[1::2], strict=True)
         )[:limit]
         return [(completed_at(score), task_id) for score, task_id in found]
+
+    # Delete one shard's oldest expired done tasks, entry by entry from the completion-time
+    # index: no task is read by the client, and nothing can change between check and delete.
+    # KEYS: [1] index:all, [2] index:status:done, [3] index:completed.
+    # ARGV: [1] the bound: only scores below it, [2] how many, [3] the shard's task key prefix.
+    # Returns {entries taken, tasks deleted}. An entry whose task is not done (which no writer
+    # leaves) only loses its entry, so a walk never stalls on it.
+    _DELETE_COMPLETED = """
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
+    if #ids == 0 then return {0, 0} end
+    local keys, done = {}, {}
+    for _, id in ipairs(ids) do
+      local key = ARGV[3] .. id
+      if redis.call('HGET', key, 'status') == 'done' then
+        keys[#keys + 1] = key
+        done[#done + 1] = id
+      end
+    end
+    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, #ids - 1)  -- the entries just read, in order
+    if #done > 0 then
+      redis.call('DEL', unpack(keys))
+      redis.call('ZREM', KEYS[1], unpack(done))
+      redis.call('ZREM', KEYS[2], unpack(done))
+    end
+    return {#ids, #done}
+    """
+
+    async def delete_completed(self, *, before: datetime, limit: int) -> Swept:
+        return await self._bounded(self._delete_completed_batch(before, limit))
+
+    async def _delete_completed_batch(self, before: datetime, limit: int) -> Swept:
+        await self._guard_write()
+        bound, each = completion_score(before), max(1, limit // len(self._keys.shards))
+        replies = await _each(
+            self._delete_completed(
+                keys=[shard.all, shard.status(Status.done), shard.completed],
+                args=[bound, each, shard.task("")],
+            )
+            for shard in self._keys.shards
+        )
+        counts = cast(list[list[int]], replies)
+        return Swept(sum(c[0] for c in counts), sum(c[1] for c in counts))
 
     async def get_many(self, task_ids: Sequence[str]) -> TaskList:
         if not task_ids:
