@@ -1,6 +1,7 @@
 """Load and startup benchmark: the service (Redis store, one worker) against a bare baseline.
 
-Starts a throwaway redis-server, the service, bench/baseline.py and podinfo (the reference
+Starts a throwaway redis-server, the service, bench/baseline.py, bench/floor.py (the same GET
+as a raw ASGI callable: what the stack costs before any handler's work) and podinfo (the reference
 Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them with wrk, and
 prints req/s and p50/p99 for GET one task, POST and a list page of 50 (the POSTs fill it), the GET
 ratios to the baseline and to podinfo's Redis-backed `GET /cache/{key}` on one core (GOMAXPROCS=1)
@@ -162,6 +163,14 @@ def main() -> None:
             ready="/docs",
         )
         procs.append(baseline)
+        floor_port = free_port()
+        floor, _ = start(
+            [sys.executable, str(ROOT / "bench" / "floor.py")],
+            {**env, "PORT": str(floor_port), "BASELINE_REDIS_URL": redis_server.url},
+            floor_port,
+            ready=f"/v1/tasks/{'0' * 26}",  # answers 200 ({}) once Redis is reachable
+        )
+        procs.append(floor)
         if not PODINFO.exists():
             raise SystemExit(f"{PODINFO} missing: `make bench` builds it")
         peer_port = free_port()
@@ -194,6 +203,7 @@ def main() -> None:
         assert httpx.get(peer_url).content == body
 
         servers = {
+            "floor GET": (f"http://127.0.0.1:{floor_port}/v1/tasks/{task_id}", floor.pid),
             "baseline GET": (base_url, baseline.pid),
             "GET one task": (get_url, service.pid),
             "podinfo GET": (peer_url, peer.pid),
@@ -277,6 +287,12 @@ def main() -> None:
             f"p50 {clustered_['p50']:.2f} vs {standalone['p50']:.2f} ms, "
             f"CPU/request {clustered_['cpu_us'] / standalone['cpu_us']:.2f}x"
         )
+    floor_cpu = results["floor GET"]["cpu_us"]
+    print(
+        f"CPU per GET above the floor (raw ASGI + redis-py): ours "
+        f"{results['GET one task']['cpu_us'] - floor_cpu:.0f} us, the bare FastAPI handler "
+        f"{results['baseline GET']['cpu_us'] - floor_cpu:.0f} us"
+    )
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
 
 
