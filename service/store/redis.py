@@ -31,10 +31,10 @@ script too, so a page is a consistent snapshot.
 
 The completion-time index: every script that changes a task keeps it too (a done task is in it,
 no other), so cleanup touches only the expired tasks, and deletes them in place
-(`delete_completed`: a script per shard and batch; a dry run reads them with `scan_completed`). Builds of layout 1 did not
-keep it: layout 2 backfills it while they may still serve, layout 3 (a contraction, run by
-`python -m jobs migrate --contract`) stops them and backfills it again, and only on data at
-layout 3 or later (`COMPLETION_INDEX_LAYOUT`) does cleanup rely on it.
+(`delete_completed`: a script per shard and batch; a dry run reads them with `scan_completed`).
+Builds of layout 1 did not keep it: layout 2 backfills it while they may still serve, layout 3
+(a contraction, run by `python -m jobs migrate --contract`) stops them and backfills it again,
+and only on data at layout 3 or later (`COMPLETION_INDEX_LAYOUT`) does cleanup rely on it.
 
 Failures: every Redis error becomes `StoreUnavailable` with its reason (never the command or
 its arguments, which hold task data). A read-only node (READONLY, MASTERDOWN, or ROLE on the
