@@ -27,9 +27,7 @@ Headers are bounded in the HTTP parser (`service.server`), before any of this ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +40,7 @@ from service.lifecycle import Lifecycle
 log = logging.getLogger("tasks.errors")
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_ADMITTED = "/v1/"  # the API's routes wait for a turn; probes and docs never do
+_ADMITTED = "/v1/"
 
 
 class Edge:
@@ -104,12 +102,19 @@ class Edge:
             inner = scope
             if method == "HEAD":
                 inner = {**scope, "method": "GET"}
-            async with self._turn(scope["path"]):
+            # The API's routes wait for a turn; probes and docs never do.
+            admitted = scope["path"].startswith(_ADMITTED)
+            if admitted:
+                await self._take_turn()
+            try:
                 task_id = self.read_one.task_id(method, scope["path"])
                 if task_id is not None:
                     await self.read_one(scope, tracked, task_id)
                 else:
                     await self.app(inner, receive, tracked)
+            finally:
+                if admitted:
+                    self.admission.release()
             if inner is not scope and "route" in inner:
                 scope["route"] = inner["route"]  # for the request metrics' route label
         except TasksError as exc:
@@ -124,12 +129,9 @@ class Edge:
             if not started:
                 await internal_error()(scope, receive, tracked)
 
-    @contextlib.asynccontextmanager
-    async def _turn(self, path: str) -> AsyncIterator[None]:
-        """Wait for one of the API's turns (probes and docs need none)."""
-        if not path.startswith(_ADMITTED):
-            yield
-            return
+    async def _take_turn(self) -> None:
+        """Wait for one of the API's turns, within the bound (a plain method, not a context
+        manager: this runs on every API request)."""
         if self.admission.locked():  # others wait (or hold every turn): queue, within the bound
             try:
                 async with asyncio.timeout(self.admission_timeout):
@@ -138,10 +140,6 @@ class Edge:
                 raise Overloaded("too many requests at once; retry shortly") from None
         else:  # a turn is free: taken at once, no timer to arm and cancel
             await self.admission.acquire()
-        try:
-            yield
-        finally:
-            self.admission.release()
 
     async def _buffered(self, receive: Receive) -> Receive:
         """Read the whole body, at most max_body_bytes of it, and replay it to the app."""

@@ -152,5 +152,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TasksError, _tasks_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    # Any other exception is a bug: the edge layer (service.api.edge) answers it with
-    # internal_error(), logs it once with the request id, and does not re-raise it.
+    # Any other exception is a bug: Starlette's error layer answers it with internal_error()
+    # and re-raises it to the edge (service.api.edge), which logs it once with the request id
+    # and does not re-raise it; the edge answers those raised outside FastAPI's stack itself.
+    app.add_exception_handler(Exception, _bug)
+
+
+async def _bug(request: Request, exc: Exception) -> JSONResponse:
+    return internal_error()
