@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import functools
+import json
 import os
 import queue
 import shutil
@@ -374,6 +375,11 @@ class ServiceProcess:
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
+
+    def messages(self) -> list[str]:
+        """The `msg` of every JSON line the process wrote."""
+        lines = self.output().splitlines()
+        return [json.loads(line)["msg"] for line in lines if line.startswith("{")]
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -163,3 +163,32 @@ def test_log_fields_writes_one_line_through_the_handlers_and_honours_the_level(
     (line,) = (json.loads(text) for text in log_stream.getvalue().splitlines())
     assert line["logger"] == "tasks.access" and line["msg"] == "request"
     assert (line["status"], line["route"], line["level"]) == (200, "/r", "info")
+
+
+@pytest.mark.factor("XI")
+def test_the_access_line_written_straight_to_the_stream_is_the_one_the_handler_formats(
+    log_stream: io.StringIO,
+) -> None:
+    """log_fields skips the LogRecord when our JSON stream handler is the only destination; the
+    line must be the one the handler writes for the same record, and a filter anywhere (a test
+    capturing logs, an operator's) must still see every record."""
+    configure_logging("info", stream=log_stream)
+    access = logging.getLogger("tasks.access")
+    fields = {"request_id": "r-1", "method": "GET", "status": 200, "duration_ms": 1.5, "e": "é\n"}
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    log_fields(access, "request", fields)  # straight to the stream
+    access.addFilter(keep)
+    try:
+        log_fields(access, "request", fields)  # through the handler, as a record
+    finally:
+        access.removeFilter(keep)
+    direct, handled = (json.loads(text) for text in log_stream.getvalue().splitlines())
+    assert len(seen) == 1
+    direct.pop("ts"), handled.pop("ts")
+    assert list(direct.items()) == list(handled.items())
+    assert direct == {"level": "info", "logger": "tasks.access", "msg": "request", **fields}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+from pydantic_core import to_json
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 """The id of the request being served, added to every log line written while serving it."""
@@ -20,7 +21,12 @@ _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__di
 }
 
 
-_encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+def _encode(entry: dict[str, Any]) -> str:
+    # pydantic-core's encoder (Rust): a quarter of the json module's time for an access line.
+    # A value JSON has no form for (an object in `extra`) is written as its str().
+    return to_json(entry, fallback=str).decode()
+
+
 _EXTRA_LAYOUTS_KEPT = 256
 
 
@@ -56,12 +62,7 @@ class JsonFormatter(logging.Formatter):
         return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry = self._head(record.created, record.levelname, record.name, record.getMessage())
         current = getattr(record, "request_id", None) or request_id.get()
         if current is not None:
             entry["request_id"] = current
@@ -72,16 +73,72 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = self.formatException(record.exc_info)
         return _encode(entry)
 
+    def line(
+        self, created: float, levelname: str, name: str, msg: str, fields: dict[str, Any]
+    ) -> str:
+        """What `format` writes for a record with these `extra` fields (request_id among them,
+        if any) and no exception."""
+        entry = self._head(created, levelname, name, msg)
+        current = fields.get("request_id") or request_id.get()
+        if current is not None:
+            entry["request_id"] = current
+        entry.update(fields)
+        return _encode(entry)
+
+    def _head(self, created: float, levelname: str, name: str, msg: str) -> dict[str, Any]:
+        return {
+            "ts": self._timestamp(created),
+            "level": levelname.lower(),
+            "logger": name,
+            "msg": msg,
+        }
+
 
 def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
-    """`logger.info(msg, extra=fields)` for a line written on every request: the same record
-    through the same handlers, without the caller lookup (a stack walk; the JSON lines do not show
-    it) and the per-key collision checks of `extra` (`fields` must not name LogRecord
-    attributes)."""
-    if logger.isEnabledFor(logging.INFO):
-        record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None)
-        record.__dict__.update(fields)
-        logger.handle(record)
+    """`logger.info(msg, extra=fields)` for a line written on every request (`fields` must not
+    name LogRecord attributes). When the line's only destination is one JSON stream handler
+    (as `configure_logging` sets up), it is written there as that handler would, without a
+    LogRecord and the handler chain: a third of the time. Otherwise the same record goes
+    through the same handlers, only without the caller lookup (a stack walk; the JSON lines do
+    not show it) and the per-key collision checks of `extra`."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _sole_json_handler(logger)
+    if handler is not None:
+        formatter = cast(JsonFormatter, handler.formatter)
+        line = formatter.line(time.time(), "INFO", logger.name, msg, fields)
+        with handler.lock:  # type: ignore[union-attr]  # a StreamHandler has its lock
+            try:  # StreamHandler.emit, after its format
+                handler.stream.write(line + handler.terminator)
+                handler.stream.flush()
+            except Exception:
+                handler.handleError(_record(logger, msg, fields))
+        return
+    logger.handle(_record(logger, msg, fields))
+
+
+def _record(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> logging.LogRecord:
+    record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, msg, (), None)
+    record.__dict__.update(fields)
+    return record
+
+
+def _sole_json_handler(logger: logging.Logger) -> logging.StreamHandler[TextIO] | None:
+    """The one handler an INFO record of `logger` reaches, when that is a StreamHandler with our
+    JsonFormatter and nothing on the way filters; else None."""
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        for handler in current.handlers:
+            if found is not None or handler.filters or handler.level > logging.INFO:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    if type(found) is logging.StreamHandler and type(found.formatter) is JsonFormatter:
+        return found
+    return None
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
