@@ -188,7 +188,7 @@ async def list_tasks(
 
 async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -> Read:
     """GET one task: its JSON and ETag, or 304 (no body) when If-None-Match names its ETag."""
-    body = to_json(await store.get(known_id(task_id)))
+    body = await store.get_json(known_id(task_id))
     tag = etag(body)
     if if_none_match is not None and not none_match(if_none_match, tag):
         return Read(304, b"", tag)

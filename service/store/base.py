@@ -152,6 +152,10 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""
 
+    async def get_json(self, task_id: str) -> bytes:
+        """The task's JSON, byte for byte `to_json(await get(task_id))`, or `TaskNotFound`: what
+        GET serves, which a store may produce without building the model."""
+
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
         """Up to `limit` tasks with ids below `before` (all when None), newest first; with
         `status`, only tasks that have it.

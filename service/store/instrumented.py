@@ -72,6 +72,7 @@ class InstrumentedStore:
     ping = _timed(TaskStore.ping)
     create = _timed(TaskStore.create)
     get = _timed(TaskStore.get)
+    get_json = _timed(TaskStore.get_json)
     list = _timed(TaskStore.list)
     update = _timed(TaskStore.update)
     delete = _timed(TaskStore.delete)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from service.domain import Page, Status, Task
+from service.domain import Page, Status, Task, to_json
 from service.errors import IdempotencyKeyReused, TaskNotFound
 from service.store.base import (
     LAYOUT_VERSION,
@@ -69,6 +69,9 @@ class MemoryTaskStore:
             return self._tasks[task_id]
         except KeyError:
             raise TaskNotFound() from None
+
+    async def get_json(self, task_id: str) -> bytes:
+        return to_json(await self.get(task_id))
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
         ids = self._index[status]

@@ -64,9 +64,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+import pydantic_core
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.connection import (
+    AbstractConnection,
+    ConnectionPool,
+    SSLConnection,
+    parse_url,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.crc import key_slot
@@ -86,7 +92,7 @@ from redis.exceptions import (
 )
 from redis.maint_notifications import MaintNotificationsConfig
 
-from service.domain import Page, Status, Task, with_new_id
+from service.domain import Page, Status, Task, to_json, with_new_id
 from service.errors import (
     IdempotencyKeyReused,
     StoreUnavailable,
@@ -193,9 +199,11 @@ def connect(
     bounded by `timeout`, and so is each socket read and write unless `socket_timeouts` is off
     (for callers that bound whole operations themselves, as RedisTaskStore does).
 
-    The pool holds at most `max_connections`; a call that finds them all busy waits for one
-    (at most `timeout`: RedisTaskStore's bound on the whole operation cuts it shorter) rather
-    than failing at once, so a burst queues instead of erroring.
+    The pool (`_Pool`) holds at most `max_connections`, and a call that finds them all busy
+    fails at once: callers bound their own concurrency. RedisTaskStore queues its operations
+    for a turn (one per connection), so a burst waits there and never finds the pool short. (A
+    blocking pool would wait as well, at the price of a condition and a timer on every
+    command: a tenth of a GET's CPU, measured in-process.)
 
     `cluster`: a RedisCluster client seeded by the URL's nodes (a comma-separated list of URLs;
     the first one's credentials and options apply), which discovers the others, follows MOVED
@@ -214,14 +222,38 @@ def connect(
         options["username"] = username
     if cluster:
         return _cluster_client(url, options, max_connections)
-    options |= {"max_connections": max_connections, "timeout": timeout}
+    options["max_connections"] = max_connections
     options["retry"] = Retry(NoBackoff(), 0)  # one bounded attempt: the caller answers 503
     # redis-py 8's default ("auto") skips the pool's check for a connection the server has
     # closed, so after a Redis restart each pooled connection failed its next call (one 503
     # per connection, long after Redis was back). The notifications need RESP3; we speak RESP2.
     options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-    pool = BlockingConnectionPool(**options)
+    pool = _Pool(**options)
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+class _Pool(ConnectionPool):
+    """redis-py's pool, without what every command pays for and we do not use: a lock around
+    each take and return (the lists change between no two awaits of this one event loop), the
+    OpenTelemetry connection counts and the after-release event (re-authentication for
+    streaming credential providers). The same checks on the connection it hands out. Measured
+    in-process, 16 callers at once: 60 us of CPU per HGETALL instead of 78."""
+
+    async def get_connection(self, *args: Any, **options: Any) -> AbstractConnection:
+        # MaxConnectionsError when all are taken, as before
+        connection = cast(AbstractConnection, self.get_available_connection())  # type: ignore[no-untyped-call]
+        try:
+            await self.ensure_connection(connection)  # reconnects one the server has closed
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+        self._available_connections.append(connection)
 
 
 class _PatientCluster(RedisCluster):
@@ -358,6 +390,7 @@ class RedisKeys:
 _INDEXES = 2 + len(Status)
 _FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
+_FIELD_SET = frozenset(_FIELDS)
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
 _CHANGED = -1  # what the compare-and-set scripts return when the task changed since read
 _LAYOUT_RECHECK_SECONDS = 1.0
@@ -371,6 +404,18 @@ def _to_hash(task: Task) -> dict[Any, str]:
 
 def _from_hash(fields: Mapping[str, str]) -> Task:
     return Task.model_validate({**fields, "completed_at": fields.get("completed_at") or None})
+
+
+def _json_of_hash(fields: Mapping[str, str]) -> bytes:
+    """`to_json(_from_hash(fields))`, byte for byte (a test holds them equal), without building
+    the model: the hash holds each field in its JSON form already, and pydantic-core writes a
+    dict's strings as it writes the model's. A hash without every field goes through the model,
+    whose validation says what is wrong."""
+    if not fields.keys() >= _FIELD_SET:
+        return to_json(_from_hash(fields))
+    ordered: dict[str, str | None] = {name: fields[name] for name in _FIELDS}
+    ordered["completed_at"] = ordered["completed_at"] or None
+    return pydantic_core.to_json(ordered)
 
 
 def _field_values(task: Task) -> list[str]:
@@ -631,12 +676,18 @@ class RedisTaskStore:
         return Created(Task.model_validate_json(first), replayed=True)
 
     async def get(self, task_id: str) -> Task:
+        return _from_hash(await self._hash(task_id))
+
+    async def get_json(self, task_id: str) -> bytes:
+        return _json_of_hash(await self._hash(task_id))
+
+    async def _hash(self, task_id: str) -> dict[str, str]:
         fields = cast(
             dict[str, str], await self._bounded(self._redis.hgetall(self._keys.task(task_id)))
         )
         if not fields:
             raise TaskNotFound()
-        return _from_hash(fields)
+        return fields
 
     # A listing page in one round trip, so the index and the hashes are read at one instant.
     # KEYS: [1] the index to read (index:all or one status index).
