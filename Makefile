@@ -58,12 +58,13 @@ lock: ## re-resolve the locks (universal: valid on every Python >= 3.11 and plat
 
 .PHONY: system-deps
 system-deps: ## apt-get install what the tests need, when missing
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@# The missing packages are listed on one line: the second list is spliced into an sh -c string.
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
 	  $(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@missing=$$(for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES_NO_RECOMMENDS); do dpkg -s $$p >/dev/null 2>&1 || printf '%s ' $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing (no recommends, no service started):" $$missing; \
 	  $(SUDO) sh -ec 'rc=/usr/sbin/policy-rc.d; made=; \
