@@ -9,8 +9,9 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
@@ -79,6 +80,14 @@ class Page(BaseModel):
     """One page of a listing; `next_cursor` is None on the last page."""
 
     items: list[Task]
+    next_cursor: str | None
+
+
+class PageJson(NamedTuple):
+    """One page of a listing as a store reads it for the API: `items`, the tasks' JSON array,
+    byte for byte the model's; `next_cursor` as in `Page`."""
+
+    items: bytes
     next_cursor: str | None
 
 
@@ -160,6 +169,16 @@ def apply_patch(task: Task, patch: TaskPatch, now: datetime | None = None) -> Ta
 
 def to_json(task: Task) -> bytes:
     return task.__pydantic_serializer__.to_json(task)
+
+
+def tasks_json(tasks: list[Task]) -> bytes:
+    return b"[" + b",".join(map(to_json, tasks)) + b"]"
+
+
+def page_json(items: bytes, next_cursor: str | None) -> bytes:
+    """`Page(items=..., next_cursor=...).model_dump_json()` for items already in JSON, byte
+    for byte (a test holds them equal)."""
+    return b'{"items":' + items + b',"next_cursor":' + pydantic_core.to_json(next_cursor) + b"}"
 
 
 def etag(body: bytes) -> str:

@@ -9,19 +9,30 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import hypothesis
+import pydantic_core
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import strategies as st
 
 from service.app import create_app
-from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task, to_json
+from service.domain import (
+    Page,
+    Status,
+    Task,
+    TaskCreate,
+    TaskPatch,
+    apply_patch,
+    new_task,
+    page_json,
+    to_json,
+)
 from service.errors import PreconditionFailed, StoreUnavailable, Unavailability
 from service.observability.metrics import Metrics
 from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION, LayoutWindow, TaskList
 from service.store.instrumented import InstrumentedStore
 from service.store.memory import MemoryTaskStore
-from service.store.redis import _from_hash, _json_of_hash, _to_hash
+from service.store.redis import _FIELDS, _from_hash, _json_fields, _json_of_hash, _to_hash
 from tests.support import RedisServer
 
 
@@ -155,10 +166,8 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
             gone = (await store.create(new_task(TaskCreate(title="gone")))).task
             assert await store.get(kept.id) == kept
             assert await store.get_json(kept.id) == to_json(kept)
-            assert [t.id for t in (await store.list(status=None, limit=5, before=None)).items] == [
-                gone.id,
-                kept.id,
-            ]
+            page = await store.list(status=None, limit=5, before=None)
+            assert page.items == b"[" + to_json(gone) + b"," + to_json(kept) + b"]"
             done = await store.update(kept.id, lambda t: apply_patch(t, TaskPatch(status="done")))
             await store.delete(gone.id)
             assert await store.scan_ids(status=None, after=None, limit=5) == [kept.id]
@@ -274,3 +283,11 @@ def test_a_task_read_as_json_from_its_hash_is_byte_for_byte_the_models_json(
     assert _json_of_hash(stored) == to_json(task) == to_json(_from_hash(stored))
     # A hash in another field order (Redis keeps no order once a hash grows) reads the same.
     assert _json_of_hash(dict(reversed(stored.items()))) == to_json(task)
+    # A list page, from rows read by HMGET in _FIELDS order, is the Page model's JSON.
+    row: list[str | None] = [stored[name] for name in _FIELDS]
+    for cursor in (None, title):
+        page = page_json(pydantic_core.to_json([_json_fields(row), _json_fields(row)]), cursor)
+        assert page == Page(items=[task, task], next_cursor=cursor).model_dump_json().encode()
+    # A hash without completed_at (never written by a build that knew it) reads as null.
+    if completed is None:
+        assert _json_fields([*row[:-1], None]) == _json_fields(row)

@@ -28,6 +28,7 @@ from service.domain import (
     apply_patch,
     etag,
     new_task,
+    page_json,
     to_json,
 )
 from service.errors import (
@@ -178,12 +179,13 @@ async def list_tasks(
     before = decode_cursor(cursor) if cursor is not None else None
     page = await store_of(request).list(status=status, limit=limit, before=before)
     headers = {}
+    next_cursor = None
     if page.next_cursor is not None:
-        page = Page(items=page.items, next_cursor=encode_cursor(page.next_cursor))
+        next_cursor = encode_cursor(page.next_cursor)
         query = {"limit": limit, **({"status": status.value} if status else {})}
-        link = f"{router.prefix}?{urlencode({**query, 'cursor': page.next_cursor})}"
+        link = f"{router.prefix}?{urlencode({**query, 'cursor': next_cursor})}"
         headers["Link"] = f'<{link}>; rel="next"'
-    return Response(page.model_dump_json(), headers=headers, media_type=JSON)
+    return Response(page_json(page.items, next_cursor), headers=headers, media_type=JSON)
 
 
 async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -> Read:

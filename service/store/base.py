@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
-from service.domain import Page, Status, Task
+from service.domain import PageJson, Status, Task
 from service.errors import TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
@@ -156,8 +156,9 @@ class TaskStore(Protocol):
         """The task's JSON, byte for byte `to_json(await get(task_id))`, or `TaskNotFound`: what
         GET serves, which a store may produce without building the model."""
 
-    async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
-        """Up to `limit` tasks with ids below `before` (all when None), newest first; with
+    async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
+        """Up to `limit` tasks with ids below `before` (all when None), newest first, in JSON
+        (what the API serves, which a store may produce without building the models); with
         `status`, only tasks that have it.
 
         `next_cursor` of the page is the id to pass as `before` for the next page."""

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from service.domain import Page, Status, Task, to_json
+from service.domain import PageJson, Status, Task, tasks_json, to_json
 from service.errors import IdempotencyKeyReused, TaskNotFound
 from service.store.base import (
     LAYOUT_VERSION,
@@ -73,14 +73,14 @@ class MemoryTaskStore:
     async def get_json(self, task_id: str) -> bytes:
         return to_json(await self.get(task_id))
 
-    async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
+    async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
         ids = self._index[status]
         end = bisect_left(ids, before) if before is not None else len(ids)
         chosen = ids[max(0, end - limit - 1) : end][::-1]
         has_more = len(chosen) > limit
         chosen = chosen[:limit]
-        return Page(
-            items=[self._tasks[i] for i in chosen],
+        return PageJson(
+            items=tasks_json([self._tasks[i] for i in chosen]),
             next_cursor=chosen[-1] if has_more else None,
         )
 

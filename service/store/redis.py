@@ -92,7 +92,7 @@ from redis.exceptions import (
 )
 from redis.maint_notifications import MaintNotificationsConfig
 
-from service.domain import Page, Status, Task, to_json, with_new_id
+from service.domain import PageJson, Status, Task, to_json, with_new_id
 from service.errors import (
     IdempotencyKeyReused,
     StoreUnavailable,
@@ -118,7 +118,8 @@ from service.store.base import (
 
 T = TypeVar("T")
 X = TypeVar("X")  # what a batch groups by shard: tasks, or their ids
-_Found = list[tuple[str, dict[str, str]]]  # ids, each with its hash (empty: deleted)
+_Row = list[str | None]  # a task's hash fields in _FIELDS order (HMGET): all None once deleted
+_Found = list[tuple[str, _Row]]  # ids, each with its row
 log = logging.getLogger("tasks.store")
 
 # A cluster client also raises RedisClusterException, which is not a RedisError: no seed node
@@ -391,6 +392,8 @@ _INDEXES = 2 + len(Status)
 _FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
 _FIELD_SET = frozenset(_FIELDS)
+_STATUS_AT = _FIELDS.index("status")
+_DELETED = [None] * len(_FIELDS)
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
 _CHANGED = -1  # what the compare-and-set scripts return when the task changed since read
 _LAYOUT_RECHECK_SECONDS = 1.0
@@ -416,6 +419,19 @@ def _json_of_hash(fields: Mapping[str, str]) -> bytes:
     ordered: dict[str, str | None] = {name: fields[name] for name in _FIELDS}
     ordered["completed_at"] = ordered["completed_at"] or None
     return pydantic_core.to_json(ordered)
+
+
+def _json_fields(row: _Row) -> dict[str, str | None]:
+    """A task as `to_json` writes it, from its hash's fields in _FIELDS order (`pydantic_core`
+    writes the dicts of a page's rows as `_json_of_hash` writes one). A hash without every field
+    goes through the model, whose validation says what is wrong."""
+    if None in row:
+        named = zip(_FIELDS, row, strict=True)
+        present = {name: value for name, value in named if value is not None}
+        return cast(dict[str, str | None], _from_hash(present).model_dump(mode="json"))
+    fields: dict[str, str | None] = dict(zip(_FIELDS, row, strict=True))
+    fields["completed_at"] = fields["completed_at"] or None
+    return fields
 
 
 def _field_values(task: Task) -> list[str]:
@@ -694,18 +710,22 @@ class RedisTaskStore:
     # ARGV: [1] the upper bound ("+" or "(<id>"), [2] how many ids (the limit plus one),
     #   [3] the shard's task key prefix (`<prefix>task:`, or `<prefix>{<tag>}task:`): task keys
     #   are derived here, not declared, which Redis allows for keys in the declared key's slot.
-    # Returns {ids, rows}: each row a flat HGETALL reply, empty for a task deleted meanwhile.
-    _LIST = """
+    # Returns {ids, rows}: each row the task's fields in _FIELDS order, all nil for a task
+    #   deleted meanwhile.
+    _LIST = (
+        _LUA_FIELD_NAMES
+        + """
     local ids = redis.call('ZREVRANGEBYLEX', KEYS[1], ARGV[1], '-', 'LIMIT', 0, ARGV[2])
     local rows = {}
-    for i, id in ipairs(ids) do rows[i] = redis.call('HGETALL', ARGV[3] .. id) end
+    for i, id in ipairs(ids) do rows[i] = redis.call('HMGET', ARGV[3] .. id, unpack(names)) end
     return {ids, rows}
     """
+    )
 
-    async def list(self, *, status: Status | None, limit: int, before: str | None) -> Page:
+    async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
         return await self._bounded(self._list(status, limit, before))
 
-    async def _list(self, status: Status | None, limit: int, before: str | None) -> Page:
+    async def _list(self, status: Status | None, limit: int, before: str | None) -> PageJson:
         # Each shard's newest `limit + 1` below the cursor, read at once: the page's newest
         # `limit + 1` are among them, so merging keeps the keyset cursor exact across shards.
         upper = "+" if before is None else f"({before}"
@@ -713,20 +733,23 @@ class RedisTaskStore:
             self._list_shard(shard, status, upper, limit + 1) for shard in self._keys.shards
         )
         found = sorted((pair for reply in replies for pair in reply), reverse=True)[: limit + 1]
-        ids, rows = [i for i, _ in found], [row for _, row in found]
-        has_more = len(ids) > limit
-        tasks = [_from_hash(row) for row in rows[:limit]]
-        return Page(
-            # A deleted task (empty row) is simply absent; a row is checked against the filter
-            # as well, so the answer can only hold tasks that have the status asked for.
-            items=[t for t in tasks if status is None or t.status is status],
-            next_cursor=ids[limit - 1] if has_more else None,
+        has_more = len(found) > limit
+        # A deleted task (all nil) is simply absent; a row is checked against the filter as
+        # well, so the answer can only hold tasks that have the status asked for.
+        items = [
+            _json_fields(row)
+            for _, row in found[:limit]
+            if row != _DELETED and (status is None or row[_STATUS_AT] == status)
+        ]
+        return PageJson(
+            items=pydantic_core.to_json(items),
+            next_cursor=found[limit - 1][0] if has_more else None,
         )
 
     async def _list_shard(
         self, shard: ShardKeys, status: Status | None, upper: str, count: int
     ) -> _Found:
-        """One shard's newest `count` ids below `upper`, each with its hash (empty if deleted)."""
+        """One shard's newest `count` ids below `upper`, each with its row."""
         index = shard.index(status)
         try:
             reply = await self._list_script(keys=[index], args=[upper, count, shard.task("")])
@@ -736,11 +759,10 @@ class RedisTaskStore:
             # The shard's slot is being migrated, and some of its keys have moved: read the
             # index, then each hash, one key per command (the client follows each ASK).
             found = cast(list[str], await self._redis.zrevrangebylex(index, upper, "-", 0, count))
-            hashes = await _each(self._redis.hgetall(shard.task(i)) for i in found) if found else []
-            return list(zip(found, cast(list[dict[str, str]], hashes), strict=True))
-        ids, flat = cast(tuple[list[str], list[list[str]]], reply)
-        rows = [dict(zip(row[::2], row[1::2], strict=True)) for row in flat]
-        return list(zip(ids, rows, strict=True))
+            rows = await _each(self._redis.hmget(shard.task(i), _FIELDS) for i in found)
+            return list(zip(found, cast(list[_Row], rows), strict=True))
+        ids, read = cast(tuple[list[str], list[_Row]], reply)
+        return list(zip(ids, read, strict=True))
 
     # Compare-and-set of a patch: write the new fields only if the hash still holds every field
     # as read.
