@@ -77,7 +77,7 @@ def create_app(settings: Settings, lifecycle: Lifecycle | None = None) -> FastAP
             # a turn is waited for like a store call
             admission_timeout=settings.redis_timeout_seconds,
             lifecycle=lifecycle,
-            read_one=tasks.ReadOne(app.router.routes),
+            fast_paths=tasks.FastPaths(app.router.routes),
         ),
         metrics=metrics,
     )

@@ -16,8 +16,9 @@ A pure-ASGI layer (no Starlette request objects) directly inside the observabili
   come first served, for at most `admission_timeout`, then answer 503 (overloaded). Under a
   burst, requests are served at the rate the process can, instead of every one starting and
   none finishing in time (each would run out of its store budget waiting for the CPU);
-- GET and HEAD of one task, the hottest call, are served here (`service.api.tasks.ReadOne`),
-  without FastAPI's routing;
+- the hottest calls (GET and HEAD of one task, a list page, a create) are served here, without
+  FastAPI's routing, when they are in a form served exactly as their routes would
+  (`service.api.tasks.FastPaths`); FastAPI answers any other;
 - an exception nothing else handled (a bug) is answered 500 problem+json and logged once, here,
   with the request id, and not re-raised, so the server logs no second traceback.
 
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import ApiKeyGuard
 from service.api.problems import answer, internal_error
-from service.api.tasks import ReadOne
+from service.api.tasks import FastPaths
 from service.errors import BodyTooLarge, Overloaded, TasksError
 from service.lifecycle import Lifecycle
 
@@ -53,10 +54,10 @@ class Edge:
         max_in_flight: int,
         admission_timeout: float,
         lifecycle: Lifecycle,
-        read_one: ReadOne,
+        fast_paths: FastPaths,
     ) -> None:
         self.app = app
-        self.read_one = read_one
+        self.fast_paths = fast_paths
         self.lifecycle = lifecycle
         self.max_body_bytes = max_body_bytes
         self.api_keys = api_keys
@@ -81,6 +82,7 @@ class Edge:
             elif name == b"authorization":
                 authorization = value
         started = False
+        body: bytes | None = None
 
         async def tracked(message: Message) -> None:
             nonlocal started
@@ -97,7 +99,7 @@ class Edge:
                 if declared is not None and _length(declared) > self.max_body_bytes:
                     raise BodyTooLarge(f"the body may be at most {self.max_body_bytes} bytes")
                 # Read before the turn is taken: a turn is not held while a body trickles in.
-                receive = await self._buffered(receive)
+                body, receive = await self._buffered(receive)
                 has_body = False  # read whole: the connection can carry the next request
             inner = scope
             if method == "HEAD":
@@ -107,10 +109,7 @@ class Edge:
             if admitted:
                 await self._take_turn()
             try:
-                task_id = self.read_one.task_id(method, scope["path"])
-                if task_id is not None:
-                    await self.read_one(scope, tracked, task_id)
-                else:
+                if not await self.fast_paths.serve(inner, body, tracked):
                     await self.app(inner, receive, tracked)
             finally:
                 if admitted:
@@ -141,8 +140,9 @@ class Edge:
         else:  # a turn is free: taken at once, no timer to arm and cancel
             await self.admission.acquire()
 
-    async def _buffered(self, receive: Receive) -> Receive:
-        """Read the whole body, at most max_body_bytes of it, and replay it to the app."""
+    async def _buffered(self, receive: Receive) -> tuple[bytes | None, Receive]:
+        """Read the whole body, at most max_body_bytes of it: the body (None if the client
+        went away), and a receive that replays it to the app."""
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -167,7 +167,7 @@ class Edge:
             replayed = True
             return last
 
-        return replay
+        return (last["body"] if last["type"] == "http.request" else None), replay
 
 
 def _length(declared: bytes) -> int:

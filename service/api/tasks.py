@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, NamedTuple
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import Scope, Send
 
@@ -37,6 +39,7 @@ from service.errors import (
     TaskNotFound,
     UnsupportedMediaType,
 )
+from service.settings import Settings
 from service.store import Idempotency, TaskStore
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -124,9 +127,13 @@ async def require_json(request: Request) -> None:
     """Bodies are JSON: anything else (text, a form, no body at all) is 415, before the body
     is validated. Runs before body validation errors are raised (FastAPI resolves dependencies
     first), after the edge layer has bounded and buffered the body."""
-    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != JSON and not (media.startswith("application/") and media.endswith("+json")):
+    if not is_json(request.headers.get("content-type", "")):
         raise UnsupportedMediaType(request.method)
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.partition(";")[0].strip().lower()
+    return media == JSON or (media.startswith("application/") and media.endswith("+json"))
 
 
 JsonBody = [Depends(require_json)]
@@ -153,11 +160,17 @@ async def create_task(
         ),
     ] = None,
 ) -> Response:
+    return await _create(store_of(request), settings_of(request), body, idempotency_key)
+
+
+async def _create(
+    store: TaskStore, settings: Settings, body: TaskCreate, idempotency_key: str | None
+) -> Response:
     idempotency = None
     if idempotency_key is not None:
-        ttl = settings_of(request).idempotency_ttl_seconds
+        ttl = settings.idempotency_ttl_seconds
         idempotency = Idempotency(idempotency_key, body.fingerprint(), ttl)
-    created = await store_of(request).create(new_task(body), idempotency)
+    created = await store.create(new_task(body), idempotency)
     headers = {"Location": f"{router.prefix}/{created.task.id}"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -176,8 +189,14 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> Response:
+    return await _list(store_of(request), status, limit, cursor)
+
+
+async def _list(
+    store: TaskStore, status: Status | None, limit: int, cursor: str | None
+) -> Response:
     before = decode_cursor(cursor) if cursor is not None else None
-    page = await store_of(request).list(status=status, limit=limit, before=before)
+    page = await store.list(status=status, limit=limit, before=before)
     headers = {}
     next_cursor = None
     if page.next_cursor is not None:
@@ -205,49 +224,12 @@ async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -
     openapi_extra={"parameters": [_IF_NONE_MATCH]},
 )
 async def get_task(task_id: TaskId, request: Request) -> Response:
-    # The edge serves this operation itself (`ReadOne`, below); the route declares it (OpenAPI,
+    # The edge serves this operation itself (`FastPaths`, below); the route declares it (OpenAPI,
     # the metrics' route label) and serves it the same way to a caller that bypasses the edge.
     read = await read_task(store_of(request), task_id, request.headers.get("if-none-match"))
     if read.status == 304:
         return Response(status_code=304, headers={"ETag": read.etag})
     return Response(read.body, headers={"ETag": read.etag}, media_type=JSON)
-
-
-class ReadOne:
-    """GET (and HEAD) /v1/tasks/{id}, the hottest call, as the edge layer serves it: the same
-    `read_task` as the route, answered in raw ASGI messages, without FastAPI's routing, parameter
-    resolution and response objects, which cost more CPU than the Redis call itself.
-    Errors are raised to the edge, which answers them as FastAPI's handlers would."""
-
-    PREFIX = f"{router.prefix}/"
-
-    def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        # Set on the scope, as FastAPI's routing would: the request metrics label by its path.
-        self.route = next(
-            route for route in routes if isinstance(route, APIRoute) and route.endpoint is get_task
-        )
-
-    def task_id(self, method: str, path: str) -> str | None:
-        """The id when this request is GET or HEAD of one task, else None."""
-        if method not in ("GET", "HEAD") or not path.startswith(self.PREFIX):
-            return None
-        task_id = path[len(self.PREFIX) :]
-        return task_id if task_id and "/" not in task_id else None
-
-    async def __call__(self, scope: Scope, send: Send, task_id: str) -> None:
-        scope["route"] = self.route
-        if_none_match = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None
-        )
-        read = await read_task(scope["app"].state.store, task_id, if_none_match)
-        headers = [(b"etag", read.etag.encode())]
-        if read.status == 200:
-            headers[:0] = [
-                (b"content-length", str(len(read.body)).encode()),
-                (b"content-type", b"application/json"),
-            ]
-        await send({"type": "http.response.start", "status": read.status, "headers": headers})
-        await send({"type": "http.response.body", "body": read.body})
 
 
 @router.patch(
@@ -300,3 +282,130 @@ async def delete_task(
 
     await store_of(request).delete(known_id(task_id), check)
     return Response(status_code=204)
+
+
+_LIST_QUERY = frozenset({"status", "limit", "cursor"})
+_LIMIT = re.compile(r"[0-9]{1,3}")
+_STATUSES = frozenset(Status)
+
+
+class FastPaths:
+    """The hottest calls, as the edge layer serves them: GET (and HEAD) of one task, a list
+    page, a create. Served in raw ASGI messages, without FastAPI's routing, parameter resolution
+    and response objects, which cost more CPU than the Redis call itself; by the same functions
+    as their routes (`read_task`, `_list`, `_create`).
+
+    Only requests this answers exactly as the route would are served here: a query of the
+    parameters, each once and well-formed, a JSON body that validates (`TaskCreate` read by
+    pydantic's JSON parser, which accepts less than FastAPI's `json.loads`; a test holds every
+    body it accepts to the same model). Any other request is declined, nothing sent, and
+    FastAPI answers it, its 400, 415 and 422 included. Errors of the operation itself (404, 503,
+    a cursor this API did not issue) are raised to the edge, which answers them as FastAPI's
+    handlers would."""
+
+    PREFIX = f"{router.prefix}/"
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        # Set on the scope, as FastAPI's routing would: the request metrics label by its path.
+        served = {route.endpoint: route for route in routes if isinstance(route, APIRoute)}
+        self.read_route = served[get_task]
+        self.list_route = served[list_tasks]
+        self.create_route = served[create_task]
+
+    async def serve(self, scope: Scope, body: bytes | None, send: Send) -> bool:
+        """Answer the request (HEAD already made GET) if it is one of these; False if not."""
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if method == "GET" and path.startswith(self.PREFIX):
+            task_id = path[len(self.PREFIX) :]
+            if not task_id or "/" in task_id:
+                return False
+            scope["route"] = self.read_route
+            await self._read(scope, send, task_id)
+        elif method == "GET" and path == router.prefix:
+            query = _list_query(scope["query_string"])
+            if query is None:
+                return False
+            scope["route"] = self.list_route
+            await _send(await _list(scope["app"].state.store, *query), send)
+        elif method == "POST" and path == router.prefix and body is not None:
+            create = _create_request(scope["headers"], body)
+            if create is None:
+                return False
+            scope["route"] = self.create_route
+            app = scope["app"]
+            await _send(await _create(app.state.store, app.state.settings, *create), send)
+        else:
+            return False
+        return True
+
+    @staticmethod
+    async def _read(scope: Scope, send: Send, task_id: str) -> None:
+        if_none_match = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None
+        )
+        read = await read_task(scope["app"].state.store, task_id, if_none_match)
+        headers = [(b"etag", read.etag.encode())]
+        if read.status == 200:
+            headers[:0] = [
+                (b"content-length", str(len(read.body)).encode()),
+                (b"content-type", b"application/json"),
+            ]
+        await send({"type": "http.response.start", "status": read.status, "headers": headers})
+        await send({"type": "http.response.body", "body": read.body})
+
+
+def _list_query(query_string: bytes) -> tuple[Status | None, int, str | None] | None:
+    """A list page's (status, limit, cursor) when its query is plain, else None."""
+    status: Status | None = None
+    limit = 50
+    cursor: str | None = None
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    if len({name for name, _ in pairs}) != len(pairs) or not _LIST_QUERY.issuperset(
+        name for name, _ in pairs
+    ):
+        return None
+    for name, value in pairs:
+        if name == "status":
+            if value not in _STATUSES:
+                return None
+            status = Status(value)
+        elif name == "limit":
+            if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= 100:
+                return None
+            limit = int(value)
+        else:
+            cursor = value
+    return status, limit, cursor
+
+
+def _create_request(
+    headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[TaskCreate, str | None] | None:
+    """A create's body and Idempotency-Key, when it is JSON that validates, else None."""
+    content_type = ""
+    key: str | None = None
+    for name, value in headers:
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+        elif name == b"idempotency-key":
+            if key is not None:
+                return None
+            key = value.decode("latin-1")
+    if not is_json(content_type) or (key is not None and not 1 <= len(key) <= 255):
+        return None
+    try:
+        return TaskCreate.model_validate_json(body), key
+    except ValidationError:
+        return None
+
+
+async def _send(response: Response, send: Send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
