@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import hypothesis
-import pydantic_core
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import strategies as st
@@ -32,7 +31,7 @@ from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION, LayoutWindow, TaskList
 from service.store.instrumented import InstrumentedStore
 from service.store.memory import MemoryTaskStore
-from service.store.redis import _FIELDS, _from_hash, _json_fields, _json_of_hash, _to_hash
+from service.store.redis import _FIELDS, _from_hash, _json_of_hash, _rows_json, _to_hash
 from tests.support import RedisServer
 
 
@@ -286,8 +285,8 @@ def test_a_task_read_as_json_from_its_hash_is_byte_for_byte_the_models_json(
     # A list page, from rows read by HMGET in _FIELDS order, is the Page model's JSON.
     row: list[str | None] = [stored[name] for name in _FIELDS]
     for cursor in (None, title):
-        page = page_json(pydantic_core.to_json([_json_fields(row), _json_fields(row)]), cursor)
+        page = page_json(_rows_json([row, row]), cursor)
         assert page == Page(items=[task, task], next_cursor=cursor).model_dump_json().encode()
     # A hash without completed_at (never written by a build that knew it) reads as null.
     if completed is None:
-        assert _json_fields([*row[:-1], None]) == _json_fields(row)
+        assert _rows_json([[*row[:-1], None]]) == _rows_json([row])

@@ -442,17 +442,23 @@ def _json_of_hash(fields: Mapping[str, str]) -> bytes:
     return pydantic_core.to_json(ordered)
 
 
-def _json_fields(row: _Row) -> dict[str, str | None]:
-    """A task as `to_json` writes it, from its hash's fields in _FIELDS order (`pydantic_core`
-    writes the dicts of a page's rows as `_json_of_hash` writes one). A hash without every field
-    goes through the model, whose validation says what is wrong."""
-    if None in row:
-        named = zip(_FIELDS, row, strict=True)
-        present = {name: value for name, value in named if value is not None}
-        return cast(dict[str, str | None], _from_hash(present).model_dump(mode="json"))
-    fields: dict[str, str | None] = dict(zip(_FIELDS, row, strict=True))
-    fields["completed_at"] = fields["completed_at"] or None
-    return fields
+def _rows_json(rows: Sequence[_Row]) -> bytes:
+    """The tasks' JSON array, each task as `to_json` writes it, from their hashes' fields in
+    _FIELDS order (HMGET): pydantic-core writes these dicts as `_json_of_hash` writes one. A
+    hash without every field goes through the model, whose validation says what is wrong."""
+    # HMGET answers a value per field asked: no need for zip's (costly) length check
+    tasks = [
+        dict(zip(_FIELDS, row, strict=False)) if None not in row else _validated(row)
+        for row in rows
+    ]
+    for task in tasks:
+        task["completed_at"] = task["completed_at"] or None
+    return pydantic_core.to_json(tasks)
+
+
+def _validated(row: _Row) -> dict[str, str | None]:
+    present = {name: value for name, value in zip(_FIELDS, row, strict=True) if value is not None}
+    return cast(dict[str, str | None], _from_hash(present).model_dump(mode="json"))
 
 
 def _field_values(task: Task) -> list[str]:
@@ -753,17 +759,20 @@ class RedisTaskStore:
         replies = await _each(
             self._list_shard(shard, status, upper, limit + 1) for shard in self._keys.shards
         )
-        found = sorted((pair for reply in replies for pair in reply), reverse=True)[: limit + 1]
+        if len(replies) == 1:
+            (found,) = replies
+        else:
+            found = sorted((pair for reply in replies for pair in reply), reverse=True)[: limit + 1]
         has_more = len(found) > limit
         # A deleted task (all nil) is simply absent; a row is checked against the filter as
         # well, so the answer can only hold tasks that have the status asked for.
-        items = [
-            _json_fields(row)
+        rows = [
+            row
             for _, row in found[:limit]
             if row != _DELETED and (status is None or row[_STATUS_AT] == status)
         ]
         return PageJson(
-            items=pydantic_core.to_json(items),
+            items=_rows_json(rows),
             next_cursor=found[limit - 1][0] if has_more else None,
         )
 
