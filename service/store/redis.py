@@ -671,20 +671,28 @@ class RedisTaskStore:
     #   [5] (with a key only) the idempotency record.
     # ARGV: [1] the task id, [2] the idempotency record ("<fingerprint>\n<task json>") or "",
     #   [3] its TTL in seconds or "", [4] its completion score or "" (not done), [5..] the
-    #   hash's field/value pairs.
+    #   hash's fields, in _FIELDS order (the names are the script's: half the arguments).
     # Returns nil when it created the task, else the record stored earlier under the key.
-    _CREATE = """
+    _CREATE = (
+        _LUA_FIELD_NAMES
+        + """
     if KEYS[5] then
       local remembered = redis.call('GET', KEYS[5])
       if remembered then return remembered end
       redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[3])
     end
-    redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+    local fields = {}
+    for i = 1, #names do
+      fields[2 * i - 1] = names[i]
+      fields[2 * i] = ARGV[4 + i]
+    end
+    redis.call('HSET', KEYS[1], unpack(fields))
     redis.call('ZADD', KEYS[2], 0, ARGV[1])
     redis.call('ZADD', KEYS[3], 0, ARGV[1])
     if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
     return false
     """
+    )
 
     async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
         return await self._bounded(self._create(task, idempotency))
@@ -704,8 +712,7 @@ class RedisTaskStore:
             keys.append(record)
             args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
             args[2] = idempotency.ttl_seconds
-        for name, value in _to_hash(task).items():
-            args += [name, value]
+        args += _field_values(task)
         remembered = await self._create_script(keys=keys, args=args)
         if remembered is None or idempotency is None:
             return Created(task)
