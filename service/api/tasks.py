@@ -53,6 +53,8 @@ TaskId = Annotated[
         json_schema_extra={"pattern": ID_PATTERN.pattern},
     ),
 ]
+LIMIT_DEFAULT, LIMIT_MAX = 50, 100  # tasks per list page
+KEY_MAX = 255  # characters of an Idempotency-Key
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
@@ -155,7 +157,7 @@ async def create_task(
         Header(
             alias="Idempotency-Key",
             min_length=1,
-            max_length=255,
+            max_length=KEY_MAX,
             description="Retry-safe creates: the same key and body return the first answer.",
         ),
     ] = None,
@@ -186,7 +188,7 @@ async def _create(
 async def list_tasks(
     request: Request,
     status: Annotated[Status | None, Query(description="Only tasks with this status")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = LIMIT_DEFAULT,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> Response:
     return await _list(store_of(request), status, limit, cursor)
@@ -358,7 +360,7 @@ class FastPaths:
 def _list_query(query_string: bytes) -> tuple[Status | None, int, str | None] | None:
     """A list page's (status, limit, cursor) when its query is plain, else None."""
     status: Status | None = None
-    limit = 50
+    limit = LIMIT_DEFAULT
     cursor: str | None = None
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     if len({name for name, _ in pairs}) != len(pairs) or not _LIST_QUERY.issuperset(
@@ -371,7 +373,7 @@ def _list_query(query_string: bytes) -> tuple[Status | None, int, str | None] | 
                 return None
             status = Status(value)
         elif name == "limit":
-            if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= 100:
+            if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= LIMIT_MAX:
                 return None
             limit = int(value)
         else:
@@ -394,7 +396,7 @@ def _create_request(
             if key is not None:
                 return None
             key = value.decode("latin-1")
-    if not is_json(content_type or "") or (key is not None and not 1 <= len(key) <= 255):
+    if not is_json(content_type or "") or (key is not None and not 1 <= len(key) <= KEY_MAX):
         return None
     try:
         return TaskCreate.model_validate_json(body), key
