@@ -359,26 +359,21 @@ class FastPaths:
 
 def _list_query(query_string: bytes) -> tuple[Status | None, int, str | None] | None:
     """A list page's (status, limit, cursor) when its query is plain, else None."""
-    status: Status | None = None
-    limit = LIMIT_DEFAULT
-    cursor: str | None = None
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    if len({name for name, _ in pairs}) != len(pairs) or not _LIST_QUERY.issuperset(
-        name for name, _ in pairs
-    ):
+    query = dict(pairs)
+    if len(query) != len(pairs) or not query.keys() <= _LIST_QUERY:  # repeated, or unknown
         return None
-    for name, value in pairs:
-        if name == "status":
-            if value not in _STATUSES:
-                return None
-            status = Status(value)
-        elif name == "limit":
-            if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= LIMIT_MAX:
-                return None
-            limit = int(value)
-        else:
-            cursor = value
-    return status, limit, cursor
+    status = query.get("status")
+    limit = query.get("limit")
+    if status is not None and status not in _STATUSES:
+        return None
+    if limit is not None and not (_LIMIT.fullmatch(limit) and 1 <= int(limit) <= LIMIT_MAX):
+        return None
+    return (
+        None if status is None else Status(status),
+        LIMIT_DEFAULT if limit is None else int(limit),
+        query.get("cursor"),
+    )
 
 
 def _create_request(

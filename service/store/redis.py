@@ -94,7 +94,7 @@ from redis.exceptions import (
 )
 from redis.maint_notifications import MaintNotificationsConfig
 
-from service.domain import PageJson, Status, Task, to_json, with_new_id
+from service.domain import PageJson, Status, Task, with_new_id
 from service.errors import (
     IdempotencyKeyReused,
     StoreUnavailable,
@@ -412,9 +412,8 @@ class RedisKeys:
 _INDEXES = 2 + len(Status)
 _FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
-_FIELD_SET = frozenset(_FIELDS)
 _STATUS_AT = _FIELDS.index("status")
-_DELETED = [None] * len(_FIELDS)
+_ABSENT = [None] * len(_FIELDS)  # what HMGET answers for a task that does not exist
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
 _CHANGED = -1  # what the compare-and-set scripts return when the task changed since read
 _LAYOUT_RECHECK_SECONDS = 1.0
@@ -430,35 +429,26 @@ def _from_hash(fields: Mapping[str, str]) -> Task:
     return Task.model_validate({**fields, "completed_at": fields.get("completed_at") or None})
 
 
-def _json_of_hash(fields: Mapping[str, str]) -> bytes:
-    """`to_json(_from_hash(fields))`, byte for byte (a test holds them equal), without building
-    the model: the hash holds each field in its JSON form already, and pydantic-core writes a
-    dict's strings as it writes the model's. A hash without every field goes through the model,
-    whose validation says what is wrong."""
-    if not fields.keys() >= _FIELD_SET:
-        return to_json(_from_hash(fields))
-    ordered: dict[str, str | None] = {name: fields[name] for name in _FIELDS}
-    ordered["completed_at"] = ordered["completed_at"] or None
-    return pydantic_core.to_json(ordered)
-
-
-def _rows_json(rows: Sequence[_Row]) -> bytes:
-    """The tasks' JSON array, each task as `to_json` writes it, from their hashes' fields in
-    _FIELDS order (HMGET): pydantic-core writes these dicts as `_json_of_hash` writes one. A
-    hash without every field goes through the model, whose validation says what is wrong."""
+def _json_fields(rows: Sequence[_Row]) -> list[dict[str, str | None]]:
+    """Tasks as `to_json` writes them, from their hashes' fields in _FIELDS order (HMGET), as
+    dicts that pydantic-core writes byte for byte as the model (a test holds them equal),
+    without building the models: the hash holds each field in its JSON form already. A hash
+    without every field goes through the model, whose validation says what is wrong."""
     # HMGET answers a value per field asked: no need for zip's (costly) length check
     tasks = [
-        dict(zip(_FIELDS, row, strict=False)) if None not in row else _validated(row)
+        dict(zip(_FIELDS, row, strict=False))
+        if None not in row
+        else _from_row(row).model_dump(mode="json")
         for row in rows
     ]
     for task in tasks:
         task["completed_at"] = task["completed_at"] or None
-    return pydantic_core.to_json(tasks)
+    return tasks
 
 
-def _validated(row: _Row) -> dict[str, str | None]:
+def _from_row(row: _Row) -> Task:
     present = {name: value for name, value in zip(_FIELDS, row, strict=True) if value is not None}
-    return cast(dict[str, str | None], _from_hash(present).model_dump(mode="json"))
+    return _from_hash(present)
 
 
 def _field_values(task: Task) -> list[str]:
@@ -726,18 +716,19 @@ class RedisTaskStore:
         return Created(Task.model_validate_json(first), replayed=True)
 
     async def get(self, task_id: str) -> Task:
-        return _from_hash(await self._hash(task_id))
+        return _from_row(await self._row(task_id))
 
     async def get_json(self, task_id: str) -> bytes:
-        return _json_of_hash(await self._hash(task_id))
+        (fields,) = _json_fields([await self._row(task_id)])
+        return pydantic_core.to_json(fields)
 
-    async def _hash(self, task_id: str) -> dict[str, str]:
-        fields = cast(
-            dict[str, str], await self._bounded(self._redis.hgetall(self._keys.task(task_id)))
-        )
-        if not fields:
+    async def _row(self, task_id: str) -> _Row:
+        """The task's fields in _FIELDS order (as a list page reads them), or TaskNotFound."""
+        key = self._keys.task(task_id)
+        row = cast(_Row, await self._bounded(self._redis.hmget(key, _FIELDS)))
+        if row == _ABSENT:
             raise TaskNotFound()
-        return fields
+        return row
 
     # A listing page in one round trip, so the index and the hashes are read at one instant.
     # KEYS: [1] the index to read (index:all or one status index).
@@ -776,10 +767,10 @@ class RedisTaskStore:
         rows = [
             row
             for _, row in found[:limit]
-            if row != _DELETED and (status is None or row[_STATUS_AT] == status)
+            if row != _ABSENT and (status is None or row[_STATUS_AT] == status)
         ]
         return PageJson(
-            items=_rows_json(rows),
+            items=pydantic_core.to_json(_json_fields(rows)),
             next_cursor=found[limit - 1][0] if has_more else None,
         )
 
