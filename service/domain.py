@@ -6,7 +6,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
@@ -181,6 +181,27 @@ def page_json(items: bytes, next_cursor: str | None) -> bytes:
     return b'{"items":' + items + b',"next_cursor":' + pydantic_core.to_json(next_cursor) + b"}"
 
 
-def etag(body: bytes) -> str:
-    """A strong validator for a task's JSON representation."""
-    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
+class TaskJson(NamedTuple):
+    """A task as GET serves it: its JSON, byte for byte `to_json`, and its ETag."""
+
+    body: bytes
+    etag: str
+
+
+def task_fields(task: Task) -> list[str]:
+    """The task's fields in JSON form, in model order, `completed_at` "" when None: as a store
+    keeps them, and what its ETag is computed from."""
+    fields = task.model_dump(mode="json")
+    fields["completed_at"] = fields["completed_at"] or ""
+    return list(fields.values())
+
+
+def etag(fields: Sequence[str | None]) -> str:
+    """A strong validator for a task, from `task_fields` (as stored; None counts as "").
+
+    Computed from the fields rather than the JSON so that a store can compute it too: Redis
+    does, in the scripts of conditional writes (`service.store.redis._LUA_ETAG`), which makes
+    an If-Match write one round trip. The fields are length-prefixed: no two tasks share the
+    string hashed."""
+    data = b"".join(b"%d:%s" % (len(v), v) for v in [(f or "").encode() for f in fields])
+    return '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"'

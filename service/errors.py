@@ -29,6 +29,9 @@ class Unauthorized(TasksError):
 class PreconditionFailed(TasksError):
     """The task changed since the version the caller named (If-Match)."""
 
+    def __init__(self) -> None:
+        super().__init__("the task changed since that ETag was issued")
+
 
 class IdempotencyKeyReused(TasksError):
     """An Idempotency-Key already used with another body."""

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.api.problems import answer
 from service.app import create_app
-from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, apply_patch, new_task
+from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, new_task
 from service.errors import PreconditionFailed, TasksError, Unavailability
 from service.settings import DEFAULT_MAX_BODY_BYTES
 from service.store import open_store
@@ -129,13 +129,11 @@ def test_conditional_deletes_and_patches_on_one_etag_let_exactly_one_win(
         try:
             original = (await store.create(new_task(TaskCreate(title="contended")))).task
 
-            def unchanged(current):  # type: ignore[no-untyped-def]
-                if current != original:
-                    raise PreconditionFailed()
+            held = frozenset({(await store.get_json(original.id)).etag})
 
             async def deleter() -> str:
                 try:
-                    await store.delete(original.id, unchanged)
+                    await store.delete(original.id, held)
                     return "deleted"
                 except PreconditionFailed:
                     return "refused"
@@ -143,12 +141,8 @@ def test_conditional_deletes_and_patches_on_one_etag_let_exactly_one_win(
                     return type(exc).__name__
 
             async def patcher(i: int) -> str:
-                def change(current):  # type: ignore[no-untyped-def]
-                    unchanged(current)
-                    return apply_patch(current, TaskPatch(title=f"writer {i}"))
-
                 try:
-                    await store.update(original.id, change)
+                    await store.patch(original.id, TaskPatch(title=f"writer {i}"), held)
                     return "patched"
                 except PreconditionFailed:
                     return "refused"

@@ -348,12 +348,8 @@ def test_a_task_reopened_or_edited_while_cleanup_runs_is_judged_as_it_is_when_de
         async def write(self) -> None:
             if not self.written:
                 self.written = True
-                await self.writer.update(
-                    reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo))
-                )
-                await self.writer.update(
-                    edited.id, lambda t: apply_patch(t, TaskPatch(title="kept"))
-                )
+                await self.writer.patch(reopened.id, TaskPatch(status=Status.todo))
+                await self.writer.patch(edited.id, TaskPatch(title="kept"))
 
         async def get_many(self, ids: Sequence[str]) -> list[Task]:
             read = await self.inner.get_many(ids)

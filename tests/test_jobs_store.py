@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task
+from service.domain import Status, Task, TaskCreate, TaskPatch, new_task
 from service.store import TaskStore
 from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow, Swept
 from service.store.migrations import BUILD_LAYOUT
@@ -88,9 +88,9 @@ def test_every_write_keeps_the_completion_time_index(store_kind: str, make_setti
         for one in (created, completed, reopened, deleted):
             await store.create(one)
         at = NOW - timedelta(hours=6)
-        await store.update(completed.id, lambda t: apply_patch(t, TaskPatch(status="done"), at))
-        await store.update(reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
-        await store.update(created.id, lambda t: apply_patch(t, TaskPatch(title="edited")))
+        await store.patch(completed.id, TaskPatch(status="done"), now=at)
+        await store.patch(reopened.id, TaskPatch(status=Status.todo))
+        await store.patch(created.id, TaskPatch(title="edited"))
         await store.delete(deleted.id)
         await store.put_many([imported, purged, recent])
         await store.delete_unchanged([purged])
@@ -144,8 +144,8 @@ def test_delete_unchanged_keeps_a_task_modified_since_it_was_read(
         await store.put_many(old)
         read = await store.get_many([t.id for t in old])
         # Meanwhile: one is re-opened, one is edited (still done), one is deleted.
-        await store.update(old[0].id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
-        await store.update(old[1].id, lambda t: apply_patch(t, TaskPatch(title="edited")))
+        await store.patch(old[0].id, TaskPatch(status=Status.todo))
+        await store.patch(old[1].id, TaskPatch(title="edited"))
         await store.delete(old[2].id)
         deleted = await store.delete_unchanged(read)
         return deleted, await store.get_many([t.id for t in old])
@@ -179,7 +179,7 @@ def test_delete_completed_takes_the_oldest_expired_in_bounded_passes_and_nothing
 
     async def sweep(store: TaskStore) -> tuple[list[Swept], list[str], list[str], list[str]]:
         await store.put_many([*expired, at_bound, reopened, *open_])
-        await store.update(reopened.id, lambda t: apply_patch(t, TaskPatch(status=Status.todo)))
+        await store.patch(reopened.id, TaskPatch(status=Status.todo))
         passes = []
         while True:
             passes.append(await store.delete_completed(before=NOW, limit=3))

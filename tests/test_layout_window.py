@@ -22,7 +22,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, TaskCreate, TaskPatch, apply_patch, new_task
+from service.domain import Status, TaskCreate, TaskPatch, new_task
 from service.settings import Settings
 from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow
 from service.store.migrations import (
@@ -148,7 +148,7 @@ def test_the_old_build_keeps_serving_while_and_after_an_expansion_migrates(
         async def new_pod(store: RedisTaskStore) -> list[str]:
             await store.ping()  # ready too: old and new pods share the data
             await store.create(new_task(TaskCreate(title="written by the new build")))
-            await store.update(kept["id"], lambda t: apply_patch(t, TaskPatch(title="renamed")))
+            await store.patch(kept["id"], TaskPatch(title="renamed"))
             ids = await store.scan_ids(status=None, after=None, limit=10)
             return [t.title for t in await store.get_many(ids)]
 

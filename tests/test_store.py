@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import hypothesis
+import pydantic
 import pydantic_core
 import pytest
 from fastapi.testclient import TestClient
@@ -22,8 +25,10 @@ from service.domain import (
     TaskCreate,
     TaskPatch,
     apply_patch,
+    etag,
     new_task,
     page_json,
+    task_fields,
     to_json,
 )
 from service.errors import PreconditionFailed, StoreUnavailable, Unavailability
@@ -89,19 +94,11 @@ def test_concurrent_conditional_patches_let_exactly_one_win(store_kind: str, mak
         try:
             created = await store.create(new_task(TaskCreate(title="contended")))
             task_id = created.task.id
-            original = created.task
-
-            def change_if_unchanged(i: int):  # type: ignore[no-untyped-def]
-                def change(current):  # type: ignore[no-untyped-def]
-                    if current != original:
-                        raise PreconditionFailed()
-                    return apply_patch(current, TaskPatch(title=f"writer {i}"))
-
-                return change
+            held = frozenset({(await store.get_json(task_id)).etag})
 
             async def writer(i: int) -> str:
                 try:
-                    await store.update(task_id, change_if_unchanged(i))
+                    await store.patch(task_id, TaskPatch(title=f"writer {i}"), held)
                     return "won"
                 except PreconditionFailed:
                     return "lost"
@@ -165,10 +162,10 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
             kept = (await store.create(new_task(TaskCreate(title="kept")))).task
             gone = (await store.create(new_task(TaskCreate(title="gone")))).task
             assert await store.get(kept.id) == kept
-            assert await store.get_json(kept.id) == to_json(kept)
+            assert await store.get_json(kept.id) == (to_json(kept), etag(task_fields(kept)))
             page = await store.list(status=None, limit=5, before=None)
             assert page.items == b"[" + to_json(gone) + b"," + to_json(kept) + b"]"
-            done = await store.update(kept.id, lambda t: apply_patch(t, TaskPatch(status="done")))
+            done = await store.patch(kept.id, TaskPatch(status="done"))
             await store.delete(gone.id)
             assert await store.scan_ids(status=None, after=None, limit=5) == [kept.id]
             assert done.completed_at is not None
@@ -303,8 +300,116 @@ def test_a_task_reads_the_same_whatever_order_its_hash_keeps_its_fields(make_set
         await store.client.delete(key)
         await store.client.hset(key, mapping=dict(reversed(_to_hash(task).items())))
         assert await store.get(task.id) == task
-        assert await store.get_json(task.id) == to_json(task)
+        assert await store.get_json(task.id) == (to_json(task), etag(task_fields(task)))
         page = await store.list(status=None, limit=5, before=None)
         assert page.items == b"[" + to_json(task) + b"]"
+
+    with_store(make_settings("redis"), body)
+
+
+_PATCHES = st.fixed_dictionaries(
+    {},
+    optional={
+        "title": st.sampled_from(["same", "other"]) | _TEXT.filter(bool).map(lambda t: t[:200]),
+        "description": st.sampled_from(["", "same"]) | _TEXT.map(lambda t: t[:200]),
+        "status": st.sampled_from(Status),
+    },
+).map(lambda fields: TaskPatch(**fields))
+_PATCH_CASES = st.lists(
+    st.tuples(
+        st.builds(
+            TaskCreate,
+            title=st.sampled_from(["same", "x"]),
+            description=st.sampled_from(["", "same"]),
+            status=st.sampled_from(Status),
+        ),
+        _PATCHES,
+        st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=400)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@pytest.mark.factor("X")
+@hypothesis.settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(cases=_PATCH_CASES)
+def test_a_patch_is_apply_patch_in_every_store_and_if_match_holds_to_the_etag_served(
+    store_kind: str, make_settings, cases: list[tuple[TaskCreate, TaskPatch, timedelta]]
+) -> None:  # type: ignore[no-untyped-def]
+    """Redis patches in a script (one round trip, If-Match included), which computes the ETag
+    itself: the task written, what the indexes say of it, and which ETags a conditional patch
+    accepts are those of the model's rules (`apply_patch`, `etag`) in every store."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def body(store: TaskStore) -> None:
+        expected: dict[str, Task] = {}
+        for create, patch, later in cases:
+            task = (await store.create(new_task(create, start))).task
+            served = await store.get_json(task.id)
+            assert served.etag == etag(task_fields(task))
+            another = etag(task_fields(task.model_copy(update={"title": task.title + "\0"})))
+            with pytest.raises(PreconditionFailed):
+                await store.patch(task.id, patch, frozenset({another, "W/" + served.etag}))
+            result = await store.patch(task.id, patch, frozenset({served.etag}), start + later)
+            assert result == apply_patch(task, patch, start + later) == await store.get(task.id)
+            expected[task.id] = result
+        for status in Status:
+            ids = await store.scan_ids(status=status, after=None, limit=1000)
+            assert set(ids) == {i for i, t in expected.items() if t.status is status}
+        completed = await store.scan_completed(
+            before=start + timedelta(days=500), after=None, limit=1000
+        )
+        assert completed == sorted(
+            (t.completed_at, i) for i, t in expected.items() if t.completed_at is not None
+        )
+
+    example = f"test:{uuid.uuid4().hex[:12]}:"  # hypothesis runs many in one test
+    with_store(make_settings(store_kind, redis_key_prefix=example), body)
+
+
+@pytest.mark.factor("X")
+def test_an_etag_in_the_form_earlier_builds_issued_still_names_the_task_in_redis(
+    make_settings,
+) -> None:  # type: ignore[no-untyped-def]
+    """Earlier builds' ETag was a hash of the task's JSON: a client that read the task from a
+    pod of the previous release, during a rolling upgrade, can still write it conditionally,
+    and is refused once the task changed."""
+
+    def earlier(task: Task) -> frozenset[str]:
+        return frozenset({'"' + hashlib.blake2b(to_json(task), digest_size=10).hexdigest() + '"'})
+
+    async def body(store: TaskStore) -> None:
+        task = (await store.create(new_task(TaskCreate(title="read before the upgrade")))).task
+        patched = await store.patch(task.id, TaskPatch(title="written after"), earlier(task))
+        assert patched.title == "written after"
+        with pytest.raises(PreconditionFailed):
+            await store.patch(task.id, TaskPatch(status=Status.done), earlier(task))
+        with pytest.raises(PreconditionFailed):
+            await store.delete(task.id, earlier(task))
+        await store.delete(task.id, earlier(patched))
+        assert await store.get_many([task.id]) == []
+
+    with_store(make_settings("redis"), body)
+
+
+@pytest.mark.factor("X")
+def test_a_patch_of_a_hash_missing_a_field_fails_at_once_and_writes_nothing(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """No writer leaves such a hash; should one exist, a patch says what is wrong (as a read
+    does) rather than retrying until its timeout, and leaves the hash as it was."""
+
+    async def body(store: TaskStore) -> None:
+        assert isinstance(store, RedisTaskStore)
+        task = (await store.create(new_task(TaskCreate(title="damaged")))).task
+        key = store.keys.task(task.id)
+        await store.client.hdel(key, "description")
+        before = await store.client.hgetall(key)
+        with pytest.raises(pydantic.ValidationError, match="description"):
+            await asyncio.wait_for(store.patch(task.id, TaskPatch(title="mended?")), 5)
+        assert await store.client.hgetall(key) == before
 
     with_store(make_settings("redis"), body)

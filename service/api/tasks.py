@@ -27,18 +27,13 @@ from service.domain import (
     Task,
     TaskCreate,
     TaskPatch,
-    apply_patch,
     etag,
     new_task,
     page_json,
+    task_fields,
     to_json,
 )
-from service.errors import (
-    InvalidCursor,
-    PreconditionFailed,
-    TaskNotFound,
-    UnsupportedMediaType,
-)
+from service.errors import InvalidCursor, TaskNotFound, UnsupportedMediaType
 from service.settings import Settings
 from service.store import Idempotency, TaskStore
 
@@ -96,8 +91,8 @@ class Read(NamedTuple):
 
 
 def _task_response(task: Task, status_code: int = 200, **headers: str) -> Response:
-    body = to_json(task)
-    return Response(body, status_code, {"ETag": etag(body), **headers}, media_type=JSON)
+    headers = {"ETag": etag(task_fields(task)), **headers}
+    return Response(to_json(task), status_code, headers, media_type=JSON)
 
 
 def _opaque(tag: str) -> str:
@@ -111,11 +106,12 @@ def none_match(if_none_match: str, current: str) -> bool:
     return all(_opaque(tag) != _opaque(current) for tag in if_none_match.split(","))
 
 
-def match(if_match: str, current: str) -> bool:
-    """If-Match holds: a listed tag matches, by strong comparison (a weak tag never does)."""
-    if if_match.strip() == "*":
-        return True
-    return any(tag.strip() == current for tag in if_match.split(","))
+def required_tags(if_match: str | None) -> frozenset[str] | None:
+    """The ETags If-Match lets a write find the task with (None: any). Compared strongly by
+    the store, so a weak tag never matches (RFC 9110 13.1.1)."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    return frozenset(tag.strip() for tag in if_match.split(","))
 
 
 def known_id(task_id: str) -> str:
@@ -211,8 +207,7 @@ async def _list(
 
 async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -> Read:
     """GET one task: its JSON and ETag, or 304 (no body) when If-None-Match names its ETag."""
-    body = await store.get_json(known_id(task_id))
-    tag = etag(body)
+    body, tag = await store.get_json(known_id(task_id))
     if if_none_match is not None and not none_match(if_none_match, tag):
         return Read(304, b"", tag)
     return Read(200, body, tag)
@@ -250,16 +245,8 @@ async def patch_task(
         Header(alias="If-Match", description="Only apply if the task still has this ETag"),
     ] = None,
 ) -> Response:
-    def change(current: Task) -> Task:
-        _check_if_match(if_match, current)
-        return apply_patch(current, patch)
-
-    return _task_response(await store_of(request).update(known_id(task_id), change))
-
-
-def _check_if_match(if_match: str | None, current: Task) -> None:
-    if if_match is not None and not match(if_match, etag(to_json(current))):
-        raise PreconditionFailed("the task changed since that ETag was issued")
+    task = await store_of(request).patch(known_id(task_id), patch, required_tags(if_match))
+    return _task_response(task)
 
 
 @router.delete(
@@ -276,13 +263,7 @@ async def delete_task(
         Header(alias="If-Match", description="Only delete if the task still has this ETag"),
     ] = None,
 ) -> Response:
-    check = None
-    if if_match is not None:
-
-        def check(current: Task) -> None:
-            _check_if_match(if_match, current)
-
-    await store_of(request).delete(known_id(task_id), check)
+    await store_of(request).delete(known_id(task_id), required_tags(if_match))
     return Response(status_code=204)
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
-from service.domain import PageJson, Status, Task
-from service.errors import TasksError
+from service.domain import PageJson, Status, Task, TaskJson, TaskPatch
+from service.errors import PreconditionFailed, TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
 IdList = list[str]
@@ -32,6 +32,14 @@ LAYOUT_VERSION = 3
 COMPLETION_INDEX_LAYOUT = 3
 """The first layout whose every writer keeps the completion-time index (`scan_completed`): on
 data older than that, builds that do not keep it may have written, so it may miss tasks."""
+
+
+def check_if_match(if_match: frozenset[str] | None, current: str) -> None:
+    """Raise `PreconditionFailed` unless If-Match's tags (None: any) let a write find the task
+    with the ETag `current`."""
+    if if_match is not None and current not in if_match:
+        raise PreconditionFailed()
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -152,9 +160,9 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""
 
-    async def get_json(self, task_id: str) -> bytes:
-        """The task's JSON, byte for byte `to_json(await get(task_id))`, or `TaskNotFound`: what
-        GET serves, which a store may produce without building the model."""
+    async def get_json(self, task_id: str) -> TaskJson:
+        """The task's JSON, byte for byte `to_json(await get(task_id))`, and its ETag, or
+        `TaskNotFound`: what GET serves, which a store may produce without building the model."""
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
         """Up to `limit` tasks with ids below `before` (all when None), newest first, in JSON
@@ -163,14 +171,20 @@ class TaskStore(Protocol):
 
         `next_cursor` of the page is the id to pass as `before` for the next page."""
 
-    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
-        """Replace the task with `change(current)` atomically (compare-and-set, retried on a
-        concurrent write). `change` may raise to abort; returning the same task writes nothing.
-        Raises `TaskNotFound` when absent."""
+    async def patch(
+        self,
+        task_id: str,
+        patch: TaskPatch,
+        if_match: frozenset[str] | None = None,
+        now: datetime | None = None,
+    ) -> Task:
+        """The task after `apply_patch(current, patch, now)`, written atomically: nothing is
+        written when the patch changes nothing. With `if_match`, only if the task's ETag is one
+        of those, else `PreconditionFailed`. Raises `TaskNotFound` when absent."""
 
-    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
-        """Remove the task, or raise `TaskNotFound`. With `check`, only if `check(current)`
-        returns (it raises to abort), atomically: a concurrent write makes it check again."""
+    async def delete(self, task_id: str, if_match: frozenset[str] | None = None) -> None:
+        """Remove the task, or raise `TaskNotFound`. With `if_match`, only if the task's ETag
+        is one of those (atomically), else `PreconditionFailed`."""
 
     # --- for the admin jobs: batches, conditional deletes, upserts, layout, locks ------------
 

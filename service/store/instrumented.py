@@ -74,7 +74,7 @@ class InstrumentedStore:
     get = _timed(TaskStore.get)
     get_json = _timed(TaskStore.get_json)
     list = _timed(TaskStore.list)
-    update = _timed(TaskStore.update)
+    patch = _timed(TaskStore.patch)
     delete = _timed(TaskStore.delete)
     # the admin jobs' operations
     scan_ids = _timed(TaskStore.scan_ids)

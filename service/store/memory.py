@@ -5,11 +5,22 @@ from __future__ import annotations
 import secrets
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from service.domain import PageJson, Status, Task, tasks_json, to_json
+from service.domain import (
+    PageJson,
+    Status,
+    Task,
+    TaskJson,
+    TaskPatch,
+    apply_patch,
+    etag,
+    task_fields,
+    tasks_json,
+    to_json,
+)
 from service.errors import IdempotencyKeyReused, TaskNotFound
 from service.store.base import (
     LAYOUT_VERSION,
@@ -21,6 +32,7 @@ from service.store.base import (
     LayoutWindow,
     Swept,
     TaskList,
+    check_if_match,
 )
 
 Ids = list[str]  # sorted task ids
@@ -70,8 +82,9 @@ class MemoryTaskStore:
         except KeyError:
             raise TaskNotFound() from None
 
-    async def get_json(self, task_id: str) -> bytes:
-        return to_json(await self.get(task_id))
+    async def get_json(self, task_id: str) -> TaskJson:
+        task = await self.get(task_id)
+        return TaskJson(to_json(task), etag(task_fields(task)))
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
         ids = self._index[status]
@@ -84,9 +97,16 @@ class MemoryTaskStore:
             next_cursor=chosen[-1] if has_more else None,
         )
 
-    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+    async def patch(
+        self,
+        task_id: str,
+        patch: TaskPatch,
+        if_match: frozenset[str] | None = None,
+        now: datetime | None = None,
+    ) -> Task:
         current = await self.get(task_id)
-        new = change(current)
+        check_if_match(if_match, etag(task_fields(current)))
+        new = apply_patch(current, patch, now)
         if new is current:
             return current
         self._tasks[task_id] = new
@@ -99,12 +119,9 @@ class MemoryTaskStore:
                 insort(self._completed, added)
         return new
 
-    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
-        task = self._tasks.get(task_id)
-        if task is None:
-            raise TaskNotFound()
-        if check is not None:
-            check(task)
+    async def delete(self, task_id: str, if_match: frozenset[str] | None = None) -> None:
+        task = await self.get(task_id)
+        check_if_match(if_match, etag(task_fields(task)))
         del self._tasks[task_id]
         _remove(self._index[None], task_id)
         _remove(self._index[task.status], task_id)

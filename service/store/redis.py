@@ -23,8 +23,8 @@ metadata lives under `<prefix>{meta}:` (`layout`, `layout-min`, and `shards`: th
 first use; another count is refused with `ShardCountMismatch`). Standalone is the one-shard case
 under the names above.
 
-Every change is one Lua script (one round trip, atomic): create, the compare-and-set of a
-patch or a conditional delete, the batches of the jobs. Nothing WATCHes or opens a MULTI that
+Every change is one Lua script (one round trip, atomic): create, a patch, a delete (If-Match
+checked in the script, which computes the ETag), the batches of the jobs. Nothing WATCHes or opens a MULTI that
 a cancelled call would have to reset, so the timeout bounds each operation as a whole, waiting
 for a pooled connection included. A listing reads its index range and the hashes in one
 script too, so a page is a consistent snapshot.
@@ -57,6 +57,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import re
 import secrets
 import time
 import zlib
@@ -76,6 +77,7 @@ from redis.asyncio.connection import (
 )
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -94,9 +96,20 @@ from redis.exceptions import (
 )
 from redis.maint_notifications import MaintNotificationsConfig
 
-from service.domain import PageJson, Status, Task, with_new_id
+from service.domain import (
+    PageJson,
+    Status,
+    Task,
+    TaskJson,
+    TaskPatch,
+    etag,
+    task_fields,
+    utcnow,
+    with_new_id,
+)
 from service.errors import (
     IdempotencyKeyReused,
+    PreconditionFailed,
     StoreUnavailable,
     TaskNotFound,
     Unavailability,
@@ -415,14 +428,34 @@ assert _FIELDS[0] == "id"
 _STATUS_AT = _FIELDS.index("status")
 _ABSENT = [None] * len(_FIELDS)  # what HMGET answers for a task that does not exist
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
-_CHANGED = -1  # what the compare-and-set scripts return when the task changed since read
+_CHANGED = -1  # what the conditional writes answer when If-Match does not name the task's ETag
+# `etag` (service.domain) as a script computes it, and the If-Match check of conditional writes:
+# `tags` is "*" (any) or the tags allowed, concatenated (`_tags`). A script using these declares
+# its KEYS as [1] the task's hash, [2..] every index (ShardKeys.indexes).
+_LUA_ETAG = (
+    _LUA_FIELD_NAMES
+    + """
+    local function etag(row)
+      local parts = {}
+      for i = 1, #names do
+        local value = row[i] or ''
+        parts[i] = #value .. ':' .. value
+      end
+      return '"' .. string.sub(redis.sha1hex(table.concat(parts)), 1, 20) .. '"'
+    end
+    local function allowed(tags, row)
+      return tags == '*' or string.find(tags, etag(row), 1, true) ~= nil
+    end
+    local status_index = {"""
+    + ", ".join(f"{status.value} = KEYS[{i}]" for i, status in enumerate(Status, start=3))
+    + "}\n"
+)
+_TAG = re.compile(r'"[0-9a-f]{20}"')  # the ETags this service issues (both forms)
 _LAYOUT_RECHECK_SECONDS = 1.0
 
 
 def _to_hash(task: Task) -> dict[Any, str]:
-    fields = task.model_dump(mode="json")
-    fields["completed_at"] = fields["completed_at"] or ""
-    return fields
+    return dict(zip(_FIELDS, task_fields(task), strict=True))
 
 
 def _from_hash(fields: Mapping[str, str]) -> Task:
@@ -451,9 +484,18 @@ def _from_row(row: _Row) -> Task:
     return _from_hash(present)
 
 
-def _field_values(task: Task) -> list[str]:
-    fields = _to_hash(task)
-    return [fields[name] for name in _FIELDS]
+def _tags(if_match: frozenset[str] | None) -> str:
+    """If-Match's tags as the conditional scripts take them (`_LUA_ETAG`): only well-formed
+    ones (no other can match), so that the script's substring search matches whole tags."""
+    return "*" if if_match is None else "".join(t for t in if_match if _TAG.fullmatch(t))
+
+
+def _json_etag(row: _Row) -> str:
+    """The ETag earlier builds issued for a task (a hash of its JSON): a conditional write
+    that names it is served as one naming the task's ETag now, so that a client's ETag from a
+    pod of the previous release stays good through a rolling upgrade."""
+    body = pydantic_core.to_json(_json_fields([row])[0])
+    return '"' + hashlib.blake2b(body, digest_size=10).hexdigest() + '"'
 
 
 def _task_id(task: Task) -> str:
@@ -499,7 +541,7 @@ class RedisTaskStore:
         # script only if the server does not know it yet.
         self._create_script = client.register_script(self._CREATE)
         self._list_script = client.register_script(self._LIST)
-        self._update_script = client.register_script(self._UPDATE)
+        self._patch_script = client.register_script(self._PATCH)
         self._delete_script = client.register_script(self._DELETE)
         self._delete_unchanged = client.register_script(self._DELETE_UNCHANGED)
         self._put = client.register_script(self._PUT)
@@ -702,7 +744,7 @@ class RedisTaskStore:
             keys.append(record)
             args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
             args[2] = idempotency.ttl_seconds
-        args += _field_values(task)
+        args += task_fields(task)
         remembered = await self._create_script(keys=keys, args=args)
         if remembered is None or idempotency is None:
             return Created(task)
@@ -718,9 +760,10 @@ class RedisTaskStore:
     async def get(self, task_id: str) -> Task:
         return _from_row(await self._row(task_id))
 
-    async def get_json(self, task_id: str) -> bytes:
-        (fields,) = _json_fields([await self._row(task_id)])
-        return pydantic_core.to_json(fields)
+    async def get_json(self, task_id: str) -> TaskJson:
+        row = await self._row(task_id)
+        (fields,) = _json_fields([row])
+        return TaskJson(pydantic_core.to_json(fields), etag(row))
 
     async def _row(self, task_id: str) -> _Row:
         """The task's fields in _FIELDS order (as a list page reads them), or TaskNotFound."""
@@ -792,110 +835,121 @@ class RedisTaskStore:
         ids, read = cast(tuple[list[str], list[_Row]], reply)
         return list(zip(ids, read, strict=True))
 
-    # Compare-and-set of a patch: write the new fields only if the hash still holds every field
-    # as read.
-    # KEYS: [1] the task's hash, [2] its current status index, [3] its new status index,
-    #   [4] index:completed.
-    # ARGV: [1] the task id, [2] its new completion score or "" (not done), [3 .. 2+n] the
-    #   fields as read, [3+n .. 2+2n] the new fields (n fields in _FIELDS order).
-    # Returns 1 when written, 0 when the task is gone, -1 when it changed since it was read.
-    _UPDATE = (
-        _LUA_FIELD_NAMES
+    # A patch, `apply_patch` in Lua (a test holds the two equal): one round trip, If-Match or
+    # not, since the script reads the task, checks its ETag and writes it at one instant.
+    # KEYS: [1] the task's hash, [2..] every index (ShardKeys.indexes: all, one per status in
+    #   Status order, completed).
+    # ARGV: [1] the task id, [2] If-Match's tags or "*" (`_tags`), [3] now, as a timestamp
+    #   field, [4] now's completion score, [5..] the patch: a field's name, then its value.
+    # Returns {1, row}: the task after (written, or as it was when the patch changes nothing, or
+    #   when a field is missing: its validation says what is wrong); {0} when the task is gone;
+    #   {-1, row} when its ETag is not among the tags.
+    _PATCH = (
+        _LUA_ETAG
         + """
-    local n = #names
     local current = redis.call('HMGET', KEYS[1], unpack(names))
-    if not current[1] then return 0 end
-    for i = 1, n do
-      if current[i] ~= ARGV[2 + i] then return -1 end
+    if not current[1] then return {0} end
+    if not allowed(ARGV[2], current) then return {-1, current} end
+    local at, new, changed = {}, {}, false
+    for i, name in ipairs(names) do
+      if not current[i] then return {1, current} end
+      at[name], new[i] = i, current[i]
+    end
+    local id, status, was = ARGV[1], at['status'], current[at['status']]
+    if not status_index[was] then return {1, current} end
+    for k = 5, #ARGV, 2 do
+      if new[at[ARGV[k]]] ~= ARGV[k + 1] then new[at[ARGV[k]]], changed = ARGV[k + 1], true end
+    end
+    if not changed then return {1, current} end
+    new[at['updated_at']] = ARGV[3]
+    if new[status] ~= 'done' then
+      new[at['completed_at']] = ''
+      if was == 'done' then redis.call('ZREM', KEYS[#KEYS], id) end
+    elseif was ~= 'done' then
+      new[at['completed_at']] = ARGV[3]
+      redis.call('ZADD', KEYS[#KEYS], ARGV[4], id)
+    end
+    if new[status] ~= was then
+      redis.call('ZREM', status_index[was], id)
+      redis.call('ZADD', status_index[new[status]], 0, id)
     end
     local fields = {}
-    for i = 1, n do
+    for i = 1, #names do
       fields[2 * i - 1] = names[i]
-      fields[2 * i] = ARGV[2 + n + i]
+      fields[2 * i] = new[i]
     end
     redis.call('HSET', KEYS[1], unpack(fields))
-    if KEYS[2] ~= KEYS[3] then
-      redis.call('ZREM', KEYS[2], ARGV[1])
-      redis.call('ZADD', KEYS[3], 0, ARGV[1])
-    end
-    if ARGV[2] ~= '' then
-      redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-    else
-      redis.call('ZREM', KEYS[4], ARGV[1])
-    end
-    return 1
+    return {1, new}
     """
     )
 
-    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
-        return await self._bounded(self._update(task_id, change))
+    async def patch(
+        self,
+        task_id: str,
+        patch: TaskPatch,
+        if_match: frozenset[str] | None = None,
+        now: datetime | None = None,
+    ) -> Task:
+        return await self._bounded(self._patch(task_id, patch, if_match, now or utcnow()))
 
-    async def _update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+    async def _patch(
+        self, task_id: str, patch: TaskPatch, if_match: frozenset[str] | None, now: datetime
+    ) -> Task:
         await self._guard_write()
         shard = self._keys.shard_of(task_id)
-        key = shard.task(task_id)
-        while True:  # until the compare-and-set finds the task as read (bounded by the timeout)
-            fields = cast(dict[str, str], await self._redis.hgetall(key))
-            if not fields:
-                raise TaskNotFound()
-            current = _from_hash(fields)
-            new = change(current)
-            if new is current:
-                return current
-            keys = [key, shard.status(current.status), shard.status(new.status), shard.completed]
-            args = [
-                task_id,
-                _score(new),
-                *(fields.get(name, "") for name in _FIELDS),
-                *_field_values(new),
-            ]
-            written = await self._update_script(keys=keys, args=args)
-            if written == 0:
-                raise TaskNotFound()
-            if written != _CHANGED:
-                return new
+        keys = [shard.task(task_id), *shard.indexes()]
+        changes = patch.model_dump(mode="json", exclude_unset=True)
+        at = [pydantic_core.to_jsonable_python(now), completion_score(now)]
+        args = [*at, *(part for change in changes.items() for part in change)]
+        return _from_row(await self._conditional(self._patch_script, keys, task_id, if_match, args))
 
-    # Delete, unconditionally or only if the hash still holds every field as read.
-    # KEYS: [1] the task's hash, [2..] every index (RedisKeys.indexes).
-    # ARGV: [1] the task id, [2 .. 1+n] (conditional deletes only) the fields as read.
-    # Returns 1 when deleted, 0 when the task is gone, -1 when it changed since it was read.
+    # Delete, unconditionally or only if the task's ETag is among If-Match's tags.
+    # KEYS: [1] the task's hash, [2..] every index (ShardKeys.indexes).
+    # ARGV: [1] the task id, [2] If-Match's tags or "*" (`_tags`).
+    # Returns {1} when deleted, {0} when the task is gone, {-1, row} when its ETag is not
+    #   among the tags.
     _DELETE = (
-        _LUA_FIELD_NAMES
+        _LUA_ETAG
         + """
-    if #ARGV > 1 then
+    if ARGV[2] ~= '*' then
       local current = redis.call('HMGET', KEYS[1], unpack(names))
-      if not current[1] then return 0 end
-      for i = 1, #names do
-        if current[i] ~= ARGV[1 + i] then return -1 end
-      end
+      if not current[1] then return {0} end
+      if not allowed(ARGV[2], current) then return {-1, current} end
     end
-    if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+    if redis.call('DEL', KEYS[1]) == 0 then return {0} end
     for k = 2, #KEYS do redis.call('ZREM', KEYS[k], ARGV[1]) end
-    return 1
+    return {1}
     """
     )
 
-    async def delete(self, task_id: str, check: Callable[[Task], None] | None = None) -> None:
-        await self._bounded(self._delete(task_id, check))
+    async def delete(self, task_id: str, if_match: frozenset[str] | None = None) -> None:
+        await self._bounded(self._delete(task_id, if_match))
 
-    async def _delete(self, task_id: str, check: Callable[[Task], None] | None) -> None:
+    async def _delete(self, task_id: str, if_match: frozenset[str] | None) -> None:
         await self._guard_write()
         shard = self._keys.shard_of(task_id)
-        key = shard.task(task_id)
-        keys = [key, *shard.indexes()]
-        while True:  # a conditional delete retries while the task keeps changing under it
-            args = [task_id]
-            if check is not None:
-                fields = cast(dict[str, str], await self._redis.hgetall(key))
-                if not fields:
-                    raise TaskNotFound()
-                check(_from_hash(fields))
-                args += [fields.get(name, "") for name in _FIELDS]
-            deleted = await self._delete_script(keys=keys, args=args)
-            if deleted == 0:
-                raise TaskNotFound()
-            if deleted != _CHANGED:
-                return
+        keys = [shard.task(task_id), *shard.indexes()]
+        await self._conditional(self._delete_script, keys, task_id, if_match)
+
+    async def _conditional(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        task_id: str,
+        if_match: frozenset[str] | None,
+        args: Sequence[str | int] = (),
+    ) -> _Row:
+        """Run a conditional write (`_PATCH`, `_DELETE`): the row it answers with, or
+        `TaskNotFound`, or `PreconditionFailed`."""
+        answer = await script(keys=keys, args=[task_id, _tags(if_match), *args])
+        if answer[0] == _CHANGED and if_match and _json_etag(answer[1]) in if_match:
+            # An ETag an earlier build issued, for the task as it is: the same write, on it.
+            answer = await script(keys=keys, args=[task_id, etag(answer[1]), *args])
+        if answer[0] == 0:
+            raise TaskNotFound()
+        if answer[0] == _CHANGED:
+            raise PreconditionFailed()
+        return cast(_Row, answer[1] if len(answer) > 1 else [])
 
     # --- for the admin jobs ---------------------------------------------------------------
 
