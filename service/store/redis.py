@@ -24,10 +24,10 @@ first use; another count is refused with `ShardCountMismatch`). Standalone is th
 under the names above.
 
 Every change is one Lua script (one round trip, atomic): create, a patch, a delete (If-Match
-checked in the script, which computes the ETag), the batches of the jobs. Nothing WATCHes or opens a MULTI that
-a cancelled call would have to reset, so the timeout bounds each operation as a whole, waiting
-for a pooled connection included. A listing reads its index range and the hashes in one
-script too, so a page is a consistent snapshot.
+checked in the script, which computes the ETag), the batches of the jobs. Nothing WATCHes or
+opens a MULTI that a cancelled call would have to reset, so the timeout bounds each operation as
+a whole, waiting for a pooled connection included. A listing reads its index range and the
+hashes in one script too, so a page is a consistent snapshot.
 
 The completion-time index: every script that changes a task keeps it too (a done task is in it,
 no other), so cleanup touches only the expired tasks, and deletes them in place
