@@ -1,13 +1,14 @@
 """Load and startup benchmark: the service (Redis store, one worker) against a bare baseline.
 
-Starts a throwaway redis-server, the service, bench/baseline.py, bench/floor.py (the same GET
-as a raw ASGI callable: what the stack costs before any handler's work) and podinfo (the reference
-Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them with wrk, and
-prints req/s and p50/p99 for GET one task, POST and a list page of 50 (the POSTs fill it), the GET
-ratios to the baseline and to podinfo's Redis-backed `GET /cache/{key}` on one core (GOMAXPROCS=1)
-serving the same JSON, POST and list as shares of GET, start-to-ready time and RSS. Then the same
-GET and list against a second service in cluster mode (a Redis Cluster of 3 primaries and 3
-replicas, on loopback too), beside the standalone figures.
+Starts a throwaway redis-server, the service, bench/baseline.py, bench/floor.py (the same GET,
+and a POST, as a raw ASGI callable: what the stack costs before any handler's work) and podinfo
+(the reference Kubernetes demo service, in Go, `make bench` builds it) on 127.0.0.1, loads them
+with wrk, and prints req/s and p50/p99 for GET one task, POST and a list page of 50 (the POSTs
+fill it), the GET ratios to the baseline and to podinfo's Redis-backed `GET /cache/{key}` on one
+core (GOMAXPROCS=1) serving the same JSON, POST and list as shares of GET (and the floor's POST
+as a share of its GET), start-to-ready time and RSS. Then the same GET and list against a second
+service in cluster mode (a Redis Cluster of 3 primaries and 3 replicas, on loopback too), beside
+the standalone figures.
 Prints figures; never fails on them. Runs in about two minutes.
 
 On a shared machine wall-clock figures move with the load, so the GETs are measured in
@@ -219,6 +220,7 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)
         results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
+        results["floor POST"] = wrk(f"http://127.0.0.1:{floor_port}/", floor.pid, script=lua.name)
         Path(lua.name).unlink()
         results[LIST] = wrk(f"{svc}/v1/tasks?limit={LIST_LIMIT}", service.pid)
         results["list (cluster)"] = wrk(f"{csvc}/v1/tasks?limit={LIST_LIMIT}", clustered.pid)
@@ -287,6 +289,11 @@ def main() -> None:
             f"p50 {clustered_['p50']:.2f} vs {standalone['p50']:.2f} ms, "
             f"CPU/request {clustered_['cpu_us'] / standalone['cpu_us']:.2f}x"
         )
+    floor_share = results["floor POST"]["rps"] / results["floor GET"]["rps"]
+    print(
+        f"POST vs GET on the floor (raw ASGI + redis-py, one HSET against one HGETALL): "
+        f"{floor_share:.2f}x"
+    )
     floor_cpu = results["floor GET"]["cpu_us"]
     print(
         f"CPU per GET above the floor (raw ASGI + redis-py): ours "
