@@ -9,9 +9,9 @@ core (GOMAXPROCS=1) serving the same JSON, POST and list as shares of GET (and t
 as a share of its GET), start-to-ready time and RSS. Then the same GET and list against a second
 service in cluster mode (a Redis Cluster of 3 primaries and 3 replicas, on loopback too), beside
 the standalone figures.
-Prints figures; never fails on them. Runs in about two minutes.
+Prints figures; never fails on them. Runs in about four minutes.
 
-On a shared machine wall-clock figures move with the load, so the GETs are measured in
+On a shared machine wall-clock figures move with the load, so every endpoint is measured in
 alternating rounds (each server sees the same load on average), and every row also shows the CPU
 time the server process spent per request, which the load barely moves.
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support import RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 DURATION = int(os.environ.get("BENCH_SECONDS", "5"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # alternating GET rounds, DURATION each
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # alternating rounds, DURATION each
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 TARGETS = {
     "get_ratio": 1.2,  # GET one task vs the bare handler
@@ -203,27 +203,28 @@ def main() -> None:
         peer_url = f"http://127.0.0.1:{peer_port}/cache/bench:{task_id}"
         assert httpx.get(peer_url).content == body
 
-        servers = {
-            "floor GET": (f"http://127.0.0.1:{floor_port}/v1/tasks/{task_id}", floor.pid),
-            "baseline GET": (base_url, baseline.pid),
-            "GET one task": (get_url, service.pid),
-            "podinfo GET": (peer_url, peer.pid),
-            "GET (cluster)": (cget_url, clustered.pid),
-        }
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
-        for url, pid in servers.values():
-            wrk(url, pid, 1)  # warm up
-        for _ in range(ROUNDS):  # alternate, so all see the same machine load on average
-            for name, (url, pid) in servers.items():
-                rounds[name].append(wrk(url, pid))
-        results = {name: combine(figures) for name, figures in rounds.items()}
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)
-        results["POST"] = wrk(f"{svc}/v1/tasks", service.pid, script=lua.name)
-        results["floor POST"] = wrk(f"http://127.0.0.1:{floor_port}/", floor.pid, script=lua.name)
+        floor_url = f"http://127.0.0.1:{floor_port}"
+        servers = {  # name: (url, server pid, wrk script)
+            "floor GET": (f"{floor_url}/v1/tasks/{task_id}", floor.pid, None),
+            "baseline GET": (base_url, baseline.pid, None),
+            "GET one task": (get_url, service.pid, None),
+            "podinfo GET": (peer_url, peer.pid, None),
+            "GET (cluster)": (cget_url, clustered.pid, None),
+            "POST": (f"{svc}/v1/tasks", service.pid, lua.name),
+            "floor POST": (f"{floor_url}/", floor.pid, lua.name),
+            LIST: (f"{svc}/v1/tasks?limit={LIST_LIMIT}", service.pid, None),
+            "list (cluster)": (f"{csvc}/v1/tasks?limit={LIST_LIMIT}", clustered.pid, None),
+        }
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        for url, pid, script in servers.values():
+            wrk(url, pid, 1, script)  # warm up
+        for _ in range(ROUNDS):  # alternate, so all see the same machine load on average
+            for name, (url, pid, script) in servers.items():
+                rounds[name].append(wrk(url, pid, script=script))
         Path(lua.name).unlink()
-        results[LIST] = wrk(f"{svc}/v1/tasks?limit={LIST_LIMIT}", service.pid)
-        results["list (cluster)"] = wrk(f"{csvc}/v1/tasks?limit={LIST_LIMIT}", clustered.pid)
+        results = {name: combine(figures) for name, figures in rounds.items()}
         loaded_rss, peak_rss = rss_mb(service.pid)
     finally:
         for proc in procs:
@@ -234,7 +235,7 @@ def main() -> None:
 
     print(
         f"\nwrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, 127.0.0.1; "
-        f"the GETs: median of {ROUNDS} alternating runs; podinfo on GOMAXPROCS=1, its\n"
+        f"each figure the median of {ROUNDS} alternating runs; podinfo on GOMAXPROCS=1, its\n"
         f"GET /cache/{{key}} is EXISTS + GET and logs no line (ours logs one per request at info)\n"
     )
     header = f"{'endpoint':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
