@@ -196,6 +196,11 @@ def task_fields(task: Task) -> list[str]:
     return list(fields.values())
 
 
+def task_json(task: Task) -> TaskJson:
+    """The task as GET serves it (a store reading its fields may build this without the model)."""
+    return TaskJson(to_json(task), etag(task_fields(task)))
+
+
 def etag(fields: Sequence[str | None]) -> str:
     """A strong validator for a task, from `task_fields` (as stored; None counts as "").
 

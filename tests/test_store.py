@@ -37,7 +37,7 @@ from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION, LayoutWindow, TaskList
 from service.store.instrumented import InstrumentedStore
 from service.store.memory import MemoryTaskStore
-from service.store.redis import _FIELDS, RedisTaskStore, _from_hash, _json_fields, _to_hash
+from service.store.redis import RedisTaskStore, _from_hash, _json_fields, _to_hash
 from tests.support import RedisServer, with_store
 
 
@@ -277,7 +277,7 @@ def test_a_task_read_as_json_from_its_hash_is_byte_for_byte_the_models_json(
         completed_at=completed,
     )
     stored = _to_hash(task)
-    row: list[str | None] = [stored[name] for name in _FIELDS]  # as HMGET reads it
+    row: list[str | None] = list(task_fields(task))  # as HMGET reads it
     (fields,) = _json_fields([row])
     assert pydantic_core.to_json(fields) == to_json(task) == to_json(_from_hash(stored))
     # A list page, from such rows, is the Page model's JSON.

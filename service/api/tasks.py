@@ -27,11 +27,9 @@ from service.domain import (
     Task,
     TaskCreate,
     TaskPatch,
-    etag,
     new_task,
     page_json,
-    task_fields,
-    to_json,
+    task_json,
 )
 from service.errors import InvalidCursor, TaskNotFound, UnsupportedMediaType
 from service.settings import Settings
@@ -91,8 +89,8 @@ class Read(NamedTuple):
 
 
 def _task_response(task: Task, status_code: int = 200, **headers: str) -> Response:
-    headers = {"ETag": etag(task_fields(task)), **headers}
-    return Response(to_json(task), status_code, headers, media_type=JSON)
+    body, tag = task_json(task)
+    return Response(body, status_code, {"ETag": tag, **headers}, media_type=JSON)
 
 
 def _opaque(tag: str) -> str:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
 from service.domain import PageJson, Status, Task, TaskJson, TaskPatch
-from service.errors import PreconditionFailed, TasksError
+from service.errors import TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
 IdList = list[str]
@@ -32,13 +32,6 @@ LAYOUT_VERSION = 3
 COMPLETION_INDEX_LAYOUT = 3
 """The first layout whose every writer keeps the completion-time index (`scan_completed`): on
 data older than that, builds that do not keep it may have written, so it may miss tasks."""
-
-
-def check_if_match(if_match: frozenset[str] | None, current: str) -> None:
-    """Raise `PreconditionFailed` unless If-Match's tags (None: any) let a write find the task
-    with the ETag `current`."""
-    if if_match is not None and current not in if_match:
-        raise PreconditionFailed()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

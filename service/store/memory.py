@@ -16,12 +16,10 @@ from service.domain import (
     TaskJson,
     TaskPatch,
     apply_patch,
-    etag,
-    task_fields,
+    task_json,
     tasks_json,
-    to_json,
 )
-from service.errors import IdempotencyKeyReused, TaskNotFound
+from service.errors import IdempotencyKeyReused, PreconditionFailed, TaskNotFound
 from service.store.base import (
     LAYOUT_VERSION,
     Completion,
@@ -32,7 +30,6 @@ from service.store.base import (
     LayoutWindow,
     Swept,
     TaskList,
-    check_if_match,
 )
 
 Ids = list[str]  # sorted task ids
@@ -83,8 +80,7 @@ class MemoryTaskStore:
             raise TaskNotFound() from None
 
     async def get_json(self, task_id: str) -> TaskJson:
-        task = await self.get(task_id)
-        return TaskJson(to_json(task), etag(task_fields(task)))
+        return task_json(await self.get(task_id))
 
     async def list(self, *, status: Status | None, limit: int, before: str | None) -> PageJson:
         ids = self._index[status]
@@ -105,7 +101,7 @@ class MemoryTaskStore:
         now: datetime | None = None,
     ) -> Task:
         current = await self.get(task_id)
-        check_if_match(if_match, etag(task_fields(current)))
+        _check(if_match, current)
         new = apply_patch(current, patch, now)
         if new is current:
             return current
@@ -121,7 +117,7 @@ class MemoryTaskStore:
 
     async def delete(self, task_id: str, if_match: frozenset[str] | None = None) -> None:
         task = await self.get(task_id)
-        check_if_match(if_match, etag(task_fields(task)))
+        _check(if_match, task)
         del self._tasks[task_id]
         _remove(self._index[None], task_id)
         _remove(self._index[task.status], task_id)
@@ -219,3 +215,9 @@ def _completion(task: Task) -> Completion | None:
 def _version(task: Task) -> tuple[object, ...]:
     """What `delete_unchanged` compares: every change moves updated_at."""
     return (task.status, task.updated_at, task.completed_at)
+
+
+def _check(if_match: frozenset[str] | None, task: Task) -> None:
+    """Raise `PreconditionFailed` unless If-Match's tags (None: any) name the task's ETag."""
+    if if_match is not None and task_json(task).etag not in if_match:
+        raise PreconditionFailed()

@@ -446,9 +446,7 @@ _LUA_ETAG = (
     local function allowed(tags, row)
       return tags == '*' or string.find(tags, etag(row), 1, true) ~= nil
     end
-    local status_index = {"""
-    + ", ".join(f"{status.value} = KEYS[{i}]" for i, status in enumerate(Status, start=3))
-    + "}\n"
+    """
 )
 _TAG = re.compile(r'"[0-9a-f]{20}"')  # the ETags this service issues (both forms)
 _LAYOUT_RECHECK_SECONDS = 1.0
@@ -846,7 +844,9 @@ class RedisTaskStore:
     #   {-1, row} when its ETag is not among the tags.
     _PATCH = (
         _LUA_ETAG
-        + """
+        + "local status_index = {"
+        + ", ".join(f"{status.value} = KEYS[{i}]" for i, status in enumerate(Status, start=3))
+        + """}
     local current = redis.call('HMGET', KEYS[1], unpack(names))
     if not current[1] then return {0} end
     if not allowed(ARGV[2], current) then return {-1, current} end
@@ -1190,9 +1190,8 @@ class RedisTaskStore:
         position = {status: indexes.index(shard.status(status)) + 1 for status in Status}
         keys, args = list(indexes), list[str | int]()
         for task in tasks:
-            fields = _to_hash(task)
             keys.append(shard.task(task.id))
-            args += [position[task.status], _score(task), *(fields[name] for name in _FIELDS)]
+            args += [position[task.status], _score(task), *task_fields(task)]
         await self._put(keys=keys, args=args)  # one script: the shard's part is atomic
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
