@@ -130,23 +130,43 @@ def _encode(ms: int, random: int) -> str:
 _ids = IdGenerator()
 
 
-def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
+class TaskFields(NamedTuple):
+    """A task in the form a store keeps it: each field as its JSON writes it (`completed_at` ""
+    when None). A task's ETag is computed from these (`etag`), and its JSON can be (`fields_json`),
+    so a create or a read need not build the model."""
+
+    id: str
+    title: str
+    description: str
+    status: str
+    created_at: str
+    updated_at: str
+    completed_at: str
+
+
+def new_fields(body: TaskCreate, now: datetime | None = None) -> TaskFields:
     """A new task from a create request; creating it as done marks it completed now."""
     now = now or utcnow()
-    return Task(
-        id=_ids.new(now),
-        title=body.title,
-        description=body.description,
-        status=body.status,
-        created_at=now,
-        updated_at=now,
-        completed_at=now if body.status is Status.done else None,
+    at = pydantic_core.to_json(now)[1:-1].decode()  # the JSON form of the model's datetimes
+    done = body.status is Status.done
+    return TaskFields(
+        _ids.new(now), body.title, body.description, body.status, at, at, at if done else ""
     )
 
 
-def with_new_id(task: Task, accept: Callable[[str], bool]) -> Task:
+def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
+    """`new_fields`, as the model."""
+    return from_fields(new_fields(body, now))
+
+
+def from_fields(fields: TaskFields) -> Task:
+    return Task.model_validate({**fields._asdict(), "completed_at": fields.completed_at or None})
+
+
+def with_new_id(fields: TaskFields, accept: Callable[[str], bool]) -> TaskFields:
     """The task under the next id `accept` takes (still after every id this process gave)."""
-    return task.model_copy(update={"id": _ids.new(task.created_at, accept)})
+    created_at = datetime.fromisoformat(fields.created_at)
+    return fields._replace(id=_ids.new(created_at, accept))
 
 
 def apply_patch(task: Task, patch: TaskPatch, now: datetime | None = None) -> Task:
@@ -188,17 +208,24 @@ class TaskJson(NamedTuple):
     etag: str
 
 
-def task_fields(task: Task) -> list[str]:
-    """The task's fields in JSON form, in model order, `completed_at` "" when None: as a store
-    keeps them, and what its ETag is computed from."""
+def task_fields(task: Task) -> TaskFields:
     fields = task.model_dump(mode="json")
     fields["completed_at"] = fields["completed_at"] or ""
-    return list(fields.values())
+    return TaskFields(**fields)
 
 
 def task_json(task: Task) -> TaskJson:
-    """The task as GET serves it (a store reading its fields may build this without the model)."""
+    """The task as GET serves it."""
     return TaskJson(to_json(task), etag(task_fields(task)))
+
+
+def fields_json(fields: TaskFields) -> TaskJson:
+    """`task_json` of the task with these fields, without building the model: each field is in
+    its JSON form already, which pydantic-core writes byte for byte as the model's (a test holds
+    them equal)."""
+    task = fields._asdict()
+    task["completed_at"] = fields.completed_at or None
+    return TaskJson(pydantic_core.to_json(task), etag(fields))
 
 
 def etag(fields: Sequence[str | None]) -> str:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from redis.crc import key_slot
 
 from service.app import create_app
-from service.domain import TaskCreate, new_task
+from service.domain import TaskCreate, new_fields
 from service.settings import Settings
 from service.store import TaskStore
 from service.store.base import ShardCountMismatch
@@ -164,7 +164,7 @@ def test_3000_tasks_spread_over_every_primary(
     async def create(store: TaskStore) -> None:
         await store.ping()  # as readiness does before traffic: the client learns the slots
         for start in range(0, 3000, 100):
-            batch = [new_task(TaskCreate(title=f"t{n}")) for n in range(start, start + 100)]
+            batch = [new_fields(TaskCreate(title=f"t{n}")) for n in range(start, start + 100)]
             await asyncio.gather(*(store.create(task) for task in batch))
 
     with_store(settings, create)
@@ -192,7 +192,7 @@ def test_shard_tags_split_the_slot_space_evenly() -> None:
 @pytest.mark.factor("IV")
 def test_another_shard_count_is_refused_not_read_from_the_wrong_shards(make_settings) -> None:  # type: ignore[no-untyped-def]
     first: Settings = make_settings("cluster", redis_shards=16)
-    created = with_store(first, lambda store: store.create(new_task(TaskCreate(title="kept"))))
+    created = with_store(first, lambda store: store.create(new_fields(TaskCreate(title="kept"))))
 
     async def refused(store: TaskStore) -> str:
         with pytest.raises(ShardCountMismatch) as caught:

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.api.problems import answer
 from service.app import create_app
-from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, new_task
+from service.domain import DESCRIPTION_MAX, TITLE_MAX, TaskCreate, TaskPatch, new_fields
 from service.errors import PreconditionFailed, TasksError, Unavailability
 from service.settings import DEFAULT_MAX_BODY_BYTES
 from service.store import open_store
@@ -127,7 +127,7 @@ def test_conditional_deletes_and_patches_on_one_etag_let_exactly_one_win(
     async def race() -> list[str]:
         store = open_store(make_settings(store_kind))
         try:
-            original = (await store.create(new_task(TaskCreate(title="contended")))).task
+            original = (await store.create(new_fields(TaskCreate(title="contended")))).task
 
             held = frozenset({(await store.get_json(original.id)).etag})
 

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, Task, TaskCreate, TaskPatch, new_task
+from service.domain import Status, Task, TaskCreate, TaskPatch, new_task, task_fields
 from service.store import TaskStore
 from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow, Swept
 from service.store.migrations import BUILD_LAYOUT
@@ -86,7 +86,7 @@ def test_every_write_keeps_the_completion_time_index(store_kind: str, make_setti
 
     async def scenario(store: TaskStore) -> list[tuple[datetime, str]]:
         for one in (created, completed, reopened, deleted):
-            await store.create(one)
+            await store.create(task_fields(one))
         at = NOW - timedelta(hours=6)
         await store.patch(completed.id, TaskPatch(status="done"), now=at)
         await store.patch(reopened.id, TaskPatch(status=Status.todo))
@@ -306,10 +306,10 @@ def test_a_write_notices_a_contraction_within_a_second(make_settings, redis_serv
     plain = redis.Redis.from_url(redis_server.url, decode_responses=True)
 
     async def scenario(store: TaskStore) -> None:
-        await store.create(task("first"))
+        await store.create(task_fields(task("first")))
         contract_past_this_build(plain, settings.redis_key_prefix)
         await asyncio.sleep(1.1)
         with pytest.raises(LayoutMismatch):
-            await store.create(task("second"))
+            await store.create(task_fields(task("second")))
 
     with_store(settings, scenario)

@@ -22,7 +22,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, TaskCreate, TaskPatch, new_task
+from service.domain import Status, TaskCreate, TaskPatch, new_fields
 from service.settings import Settings
 from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow
 from service.store.migrations import (
@@ -147,7 +147,7 @@ def test_the_old_build_keeps_serving_while_and_after_an_expansion_migrates(
 
         async def new_pod(store: RedisTaskStore) -> list[str]:
             await store.ping()  # ready too: old and new pods share the data
-            await store.create(new_task(TaskCreate(title="written by the new build")))
+            await store.create(new_fields(TaskCreate(title="written by the new build")))
             await store.patch(kept["id"], TaskPatch(title="renamed"))
             ids = await store.scan_ids(status=None, after=None, limit=10)
             return [t.title for t in await store.get_many(ids)]
@@ -165,7 +165,9 @@ def test_a_rollback_after_an_expansion_becomes_ready(settings: Settings) -> None
     with old_build(settings) as old:
         assert old.get("/readyz").status_code == 200
     migrate_as(settings, [*MIGRATIONS, EXPAND])
-    as_build(settings, [*MIGRATIONS, EXPAND], lambda s: s.create(new_task(TaskCreate(title="new"))))
+    as_build(
+        settings, [*MIGRATIONS, EXPAND], lambda s: s.create(new_fields(TaskCreate(title="new")))
+    )
 
     with old_build(settings) as rolled_back:  # a fresh pod of the old build
         assert_serves(rolled_back, "after the rollback")
@@ -235,7 +237,7 @@ def test_a_build_that_needs_an_unapplied_migration_is_not_ready(settings: Settin
         with pytest.raises(LayoutMismatch, match=rf"data layout {N} is older than this build"):
             await store.ping()
         with pytest.raises(LayoutMismatch):
-            await store.create(new_task(TaskCreate(title="x", status=Status.todo)))
+            await store.create(new_fields(TaskCreate(title="x", status=Status.todo)))
 
     as_build(settings, [*MIGRATIONS, EXPAND], new_pod_before_its_hook)
 

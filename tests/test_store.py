@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from service.app import create_app
 from service.domain import (
+    TITLE_MAX,
     Page,
     Status,
     Task,
@@ -26,9 +27,12 @@ from service.domain import (
     TaskPatch,
     apply_patch,
     etag,
-    new_task,
+    fields_json,
+    from_fields,
+    new_fields,
     page_json,
     task_fields,
+    task_json,
     to_json,
 )
 from service.errors import PreconditionFailed, StoreUnavailable, Unavailability
@@ -92,7 +96,7 @@ def test_concurrent_conditional_patches_let_exactly_one_win(store_kind: str, mak
     async def race() -> list[str]:
         store = open_store(make_settings(store_kind))
         try:
-            created = await store.create(new_task(TaskCreate(title="contended")))
+            created = await store.create(new_fields(TaskCreate(title="contended")))
             task_id = created.task.id
             held = frozenset({(await store.get_json(task_id)).etag})
 
@@ -159,8 +163,8 @@ def test_instrumented_store_implements_and_times_every_protocol_operation(
         store: TaskStore = InstrumentedStore(open_store(make_settings(store_kind)), metrics)
         try:
             await store.ping()
-            kept = (await store.create(new_task(TaskCreate(title="kept")))).task
-            gone = (await store.create(new_task(TaskCreate(title="gone")))).task
+            kept = (await store.create(new_fields(TaskCreate(title="kept")))).task
+            gone = (await store.create(new_fields(TaskCreate(title="gone")))).task
             assert await store.get(kept.id) == kept
             assert await store.get_json(kept.id) == (to_json(kept), etag(task_fields(kept)))
             page = await store.list(status=None, limit=5, before=None)
@@ -242,7 +246,8 @@ def test_an_idempotency_key_is_remembered_for_the_configured_ttl(
     assert 60 <= plain.ttl(key) <= 120
 
 
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)))  # what UTF-8 (and Redis) can hold
+_CHARACTERS = st.characters(blacklist_categories=("Cs",))  # what UTF-8 (and Redis) can hold
+_TEXT = st.text(_CHARACTERS)
 _WHEN = st.datetimes(timezones=st.just(UTC))
 
 
@@ -280,6 +285,8 @@ def test_a_task_read_as_json_from_its_hash_is_byte_for_byte_the_models_json(
     row: list[str | None] = list(task_fields(task))  # as HMGET reads it
     (fields,) = _json_fields([row])
     assert pydantic_core.to_json(fields) == to_json(task) == to_json(_from_hash(stored))
+    assert fields_json(task_fields(task)) == task_json(task)  # what a create answers
+    assert from_fields(task_fields(task)) == task
     # A list page, from such rows, is the Page model's JSON.
     for cursor in (None, title):
         page = page_json(pydantic_core.to_json(_json_fields([row, row])), cursor)
@@ -290,12 +297,38 @@ def test_a_task_read_as_json_from_its_hash_is_byte_for_byte_the_models_json(
 
 
 @pytest.mark.factor("X")
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    title=st.text(_CHARACTERS, min_size=1, max_size=TITLE_MAX),
+    status=st.sampled_from(Status),
+    now=_WHEN,
+)
+def test_a_new_task_is_stored_as_the_model_would_be(
+    title: str, status: Status, now: datetime
+) -> None:
+    """A create builds its fields and its answer without the model: they are the model's."""
+    fields = new_fields(TaskCreate(title=title, description=title[::-1], status=status), now)
+    done = status is Status.done
+    model = Task(
+        id=fields.id,
+        title=title,
+        description=title[::-1],
+        status=status,
+        created_at=now,
+        updated_at=now,
+        completed_at=now if done else None,
+    )
+    assert task_fields(model) == fields
+    assert fields_json(fields) == task_json(model)
+
+
+@pytest.mark.factor("X")
 def test_a_task_reads_the_same_whatever_order_its_hash_keeps_its_fields(make_settings) -> None:  # type: ignore[no-untyped-def]
     """Redis keeps no field order once a hash grows: GET and a list page read fields by name."""
 
     async def body(store: TaskStore) -> None:
         assert isinstance(store, RedisTaskStore)
-        task = (await store.create(new_task(TaskCreate(title="in any order")))).task
+        task = (await store.create(new_fields(TaskCreate(title="in any order")))).task
         key = store.keys.task(task.id)
         await store.client.delete(key)
         await store.client.hset(key, mapping=dict(reversed(_to_hash(task).items())))
@@ -349,7 +382,7 @@ def test_a_patch_is_apply_patch_in_every_store_and_if_match_holds_to_the_etag_se
     async def body(store: TaskStore) -> None:
         expected: dict[str, Task] = {}
         for create, patch, later in cases:
-            task = (await store.create(new_task(create, start))).task
+            task = (await store.create(new_fields(create, start))).task
             served = await store.get_json(task.id)
             assert served.etag == etag(task_fields(task))
             another = etag(task_fields(task.model_copy(update={"title": task.title + "\0"})))
@@ -384,7 +417,7 @@ def test_an_etag_in_the_form_earlier_builds_issued_still_names_the_task_in_redis
         return frozenset({'"' + hashlib.blake2b(to_json(task), digest_size=10).hexdigest() + '"'})
 
     async def body(store: TaskStore) -> None:
-        task = (await store.create(new_task(TaskCreate(title="read before the upgrade")))).task
+        task = (await store.create(new_fields(TaskCreate(title="read before the upgrade")))).task
         patched = await store.patch(task.id, TaskPatch(title="written after"), earlier(task))
         assert patched.title == "written after"
         with pytest.raises(PreconditionFailed):
@@ -404,7 +437,7 @@ def test_a_patch_of_a_hash_missing_a_field_fails_at_once_and_writes_nothing(make
 
     async def body(store: TaskStore) -> None:
         assert isinstance(store, RedisTaskStore)
-        task = (await store.create(new_task(TaskCreate(title="damaged")))).task
+        task = (await store.create(new_fields(TaskCreate(title="damaged")))).task
         key = store.keys.task(task.id)
         await store.client.hdel(key, "description")
         before = await store.client.hgetall(key)

@@ -27,7 +27,7 @@ from service.domain import (
     Task,
     TaskCreate,
     TaskPatch,
-    new_task,
+    new_fields,
     page_json,
     task_json,
 )
@@ -38,6 +38,7 @@ from service.store import Idempotency, TaskStore
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 JSON = "application/json"
+_JSON = JSON.encode()
 TaskId = Annotated[
     str,
     Path(
@@ -82,15 +83,32 @@ def decode_cursor(cursor: str) -> str:
     return task_id
 
 
-class Read(NamedTuple):
+class Answer(NamedTuple):
+    """What an operation answers, before either way of sending it: a route's `Response`
+    (`response`), or the edge's raw ASGI messages (`FastPaths`), which skip building one."""
+
     status: int
-    body: bytes
-    etag: str
+    body: bytes  # JSON; empty for 304
+    headers: dict[str, str]
+
+    def response(self) -> Response:
+        media_type = JSON if self.status != 304 else None
+        return Response(self.body, self.status, self.headers, media_type=media_type)
+
+    async def send(self, send: Send) -> None:
+        """As `response()` would send it (a test compares the two)."""
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+        ]
+        if self.status != 304:
+            headers += [(b"content-length", b"%d" % len(self.body)), (b"content-type", _JSON)]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-def _task_response(task: Task, status_code: int = 200, **headers: str) -> Response:
+def _task_answer(task: Task, status: int = 200, **headers: str) -> Answer:
     body, tag = task_json(task)
-    return Response(body, status_code, {"ETag": tag, **headers}, media_type=JSON)
+    return Answer(status, body, {"ETag": tag, **headers})
 
 
 def _opaque(tag: str) -> str:
@@ -156,21 +174,22 @@ async def create_task(
         ),
     ] = None,
 ) -> Response:
-    return await _create(store_of(request), settings_of(request), body, idempotency_key)
+    answer = await _create(store_of(request), settings_of(request), body, idempotency_key)
+    return answer.response()
 
 
 async def _create(
     store: TaskStore, settings: Settings, body: TaskCreate, idempotency_key: str | None
-) -> Response:
+) -> Answer:
     idempotency = None
     if idempotency_key is not None:
         ttl = settings.idempotency_ttl_seconds
         idempotency = Idempotency(idempotency_key, body.fingerprint(), ttl)
-    created = await store.create(new_task(body), idempotency)
-    headers = {"Location": f"{router.prefix}/{created.task.id}"}
+    created = await store.create(new_fields(body), idempotency)
+    headers = {"ETag": created.json.etag, "Location": f"{router.prefix}/{created.id}"}
     if created.replayed:
         headers["Idempotent-Replayed"] = "true"
-    return _task_response(created.task, 201, **headers)
+    return Answer(201, created.json.body, headers)
 
 
 @router.get(
@@ -185,12 +204,10 @@ async def list_tasks(
     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = LIMIT_DEFAULT,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> Response:
-    return await _list(store_of(request), status, limit, cursor)
+    return (await _list(store_of(request), status, limit, cursor)).response()
 
 
-async def _list(
-    store: TaskStore, status: Status | None, limit: int, cursor: str | None
-) -> Response:
+async def _list(store: TaskStore, status: Status | None, limit: int, cursor: str | None) -> Answer:
     before = decode_cursor(cursor) if cursor is not None else None
     page = await store.list(status=status, limit=limit, before=before)
     headers = {}
@@ -200,15 +217,15 @@ async def _list(
         query = {"limit": limit, **({"status": status.value} if status else {})}
         link = f"{router.prefix}?{urlencode({**query, 'cursor': next_cursor})}"
         headers["Link"] = f'<{link}>; rel="next"'
-    return Response(page_json(page.items, next_cursor), headers=headers, media_type=JSON)
+    return Answer(200, page_json(page.items, next_cursor), headers)
 
 
-async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -> Read:
+async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -> Answer:
     """GET one task: its JSON and ETag, or 304 (no body) when If-None-Match names its ETag."""
     body, tag = await store.get_json(known_id(task_id))
     if if_none_match is not None and not none_match(if_none_match, tag):
-        return Read(304, b"", tag)
-    return Read(200, body, tag)
+        return Answer(304, b"", {"ETag": tag})
+    return Answer(200, body, {"ETag": tag})
 
 
 @router.get(
@@ -221,10 +238,8 @@ async def read_task(store: TaskStore, task_id: str, if_none_match: str | None) -
 async def get_task(task_id: TaskId, request: Request) -> Response:
     # The edge serves this operation itself (`FastPaths`, below); the route declares it (OpenAPI,
     # the metrics' route label) and serves it the same way to a caller that bypasses the edge.
-    read = await read_task(store_of(request), task_id, request.headers.get("if-none-match"))
-    if read.status == 304:
-        return Response(status_code=304, headers={"ETag": read.etag})
-    return Response(read.body, headers={"ETag": read.etag}, media_type=JSON)
+    answer = await read_task(store_of(request), task_id, request.headers.get("if-none-match"))
+    return answer.response()
 
 
 @router.patch(
@@ -244,7 +259,7 @@ async def patch_task(
     ] = None,
 ) -> Response:
     task = await store_of(request).patch(known_id(task_id), patch, required_tags(if_match))
-    return _task_response(task)
+    return _task_answer(task).response()
 
 
 @router.delete(
@@ -308,14 +323,14 @@ class FastPaths:
             if query is None:
                 return False
             scope["route"] = self.list_route
-            await _send(await _list(scope["app"].state.store, *query), send)
+            await (await _list(scope["app"].state.store, *query)).send(send)
         elif method == "POST" and path == router.prefix and body is not None:
             create = _create_request(scope["headers"], body)
             if create is None:
                 return False
             scope["route"] = self.create_route
             app = scope["app"]
-            await _send(await _create(app.state.store, app.state.settings, *create), send)
+            await (await _create(app.state.store, app.state.settings, *create)).send(send)
         else:
             return False
         return True
@@ -325,15 +340,7 @@ class FastPaths:
         if_none_match = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"if-none-match"), None
         )
-        read = await read_task(scope["app"].state.store, task_id, if_none_match)
-        headers = [(b"etag", read.etag.encode())]
-        if read.status == 200:
-            headers[:0] = [
-                (b"content-length", str(len(read.body)).encode()),
-                (b"content-type", b"application/json"),
-            ]
-        await send({"type": "http.response.start", "status": read.status, "headers": headers})
-        await send({"type": "http.response.body", "body": read.body})
+        await (await read_task(scope["app"].state.store, task_id, if_none_match)).send(send)
 
 
 def _list_query(query_string: bytes) -> tuple[Status | None, int, str | None] | None:
@@ -376,14 +383,3 @@ def _create_request(
         return TaskCreate.model_validate_json(body), key
     except ValidationError:
         return None
-
-
-async def _send(response: Response, send: Send) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": response.raw_headers,
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple, Protocol
 
-from service.domain import PageJson, Status, Task, TaskJson, TaskPatch
+from service.domain import PageJson, Status, Task, TaskFields, TaskJson, TaskPatch
 from service.errors import TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
@@ -123,10 +123,16 @@ class Idempotency:
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """The result of a create: the task, and whether it is the replay of an earlier request."""
+    """The result of a create: the task's id, its JSON and ETag as GET serves them, and whether
+    it is the replay of an earlier request."""
 
-    task: Task
+    id: str
+    json: TaskJson
     replayed: bool = False
+
+    @property
+    def task(self) -> Task:
+        return Task.model_validate_json(self.json.body)
 
 
 class TaskStore(Protocol):
@@ -144,11 +150,12 @@ class TaskStore(Protocol):
     async def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 
-    async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
-        """Store a new task atomically. With `idempotency`, a repeat of the same key and body
-        returns the task first created under that key and stores nothing; the same key with
-        another body raises `IdempotencyKeyReused`. The task stored is `Created.task`: a store
-        that places tasks by id may give it the next id that fits (Redis in cluster mode)."""
+    async def create(self, task: TaskFields, idempotency: Idempotency | None = None) -> Created:
+        """Store a new task (`new_fields`) atomically. With `idempotency`, a repeat of the same
+        key and body returns the task first created under that key and stores nothing; the same
+        key with another body raises `IdempotencyKeyReused`. The task stored is the one
+        `Created` describes: a store that places tasks by id may give it the next id that fits
+        (Redis in cluster mode)."""
 
     async def get(self, task_id: str) -> Task:
         """The task, or `TaskNotFound`."""

@@ -13,9 +13,12 @@ from service.domain import (
     PageJson,
     Status,
     Task,
+    TaskFields,
     TaskJson,
     TaskPatch,
     apply_patch,
+    fields_json,
+    from_fields,
     task_json,
     tasks_json,
 )
@@ -44,7 +47,7 @@ class MemoryTaskStore:
         # Sorted ids, for all tasks (key None) and per status.
         self._index: dict[Status | None, Ids] = {None: [], **{s: [] for s in Status}}
         self._completed: CompletionList = []  # done tasks, sorted by (completed_at, id)
-        self._idempotency: dict[str, tuple[float, str, Task]] = {}
+        self._idempotency: dict[str, tuple[float, str, Created]] = {}
         self._layout = LayoutWindow(LAYOUT_VERSION, LAYOUT_VERSION)  # no other build shares it
         self._locks: dict[str, tuple[float, str]] = {}  # name -> (expires, token)
 
@@ -54,7 +57,7 @@ class MemoryTaskStore:
     async def close(self) -> None:
         return None
 
-    async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
+    async def create(self, task: TaskFields, idempotency: Idempotency | None = None) -> Created:
         if idempotency is not None:
             now = time.monotonic()
             self._forget_expired(now)
@@ -63,15 +66,21 @@ class MemoryTaskStore:
                 _, fingerprint, first = remembered
                 if fingerprint != idempotency.fingerprint:
                     raise IdempotencyKeyReused("this Idempotency-Key was used with another body")
-                return Created(first, replayed=True)
+                return Created(first.id, first.json, replayed=True)
+        stored = from_fields(task)
+        created = Created(task.id, fields_json(task))
+        if idempotency is not None:
             expires = now + idempotency.ttl_seconds
-            self._idempotency[idempotency.key] = (expires, idempotency.fingerprint, task)
+            self._idempotency[idempotency.key] = (expires, idempotency.fingerprint, created)
+        self._put(stored)
+        return created
+
+    def _put(self, task: Task) -> None:
         self._tasks[task.id] = task
         insort(self._index[None], task.id)
         insort(self._index[task.status], task.id)
         if (entry := _completion(task)) is not None:
             insort(self._completed, entry)
-        return Created(task)
 
     async def get(self, task_id: str) -> Task:
         try:
@@ -160,7 +169,7 @@ class MemoryTaskStore:
         for task in tasks:
             if task.id in self._tasks:
                 await self.delete(task.id)
-            await self.create(task)
+            self._put(task)
 
     async def layout(self) -> LayoutWindow | None:
         return self._layout

@@ -100,10 +100,13 @@ from service.domain import (
     PageJson,
     Status,
     Task,
+    TaskFields,
     TaskJson,
     TaskPatch,
     etag,
+    fields_json,
     task_fields,
+    task_json,
     utcnow,
     with_new_id,
 )
@@ -353,8 +356,8 @@ class ShardKeys:
     def task(self, task_id: str) -> str:
         return f"{self.base}task:{task_id}"
 
-    def status(self, status: Status) -> str:
-        return f"{self.base}index:status:{status.value}"
+    def status(self, status: str) -> str:  # a Status, or its value
+        return f"{self.base}index:status:{status}"
 
     def index(self, status: Status | None) -> str:
         return self.all if status is None else self.status(status)
@@ -724,10 +727,10 @@ class RedisTaskStore:
     """
     )
 
-    async def create(self, task: Task, idempotency: Idempotency | None = None) -> Created:
+    async def create(self, task: TaskFields, idempotency: Idempotency | None = None) -> Created:
         return await self._bounded(self._create(task, idempotency))
 
-    async def _create(self, task: Task, idempotency: Idempotency | None) -> Created:
+    async def _create(self, task: TaskFields, idempotency: Idempotency | None) -> Created:
         await self._guard_write()
         shard = self._keys.shard_of(task.id)
         record = None
@@ -736,16 +739,19 @@ class RedisTaskStore:
             if home is not shard:  # the task takes an id in the key's shard: one slot, one script
                 task = with_new_id(task, lambda task_id: self._keys.shard_of(task_id) is home)
                 shard = home
+        created = Created(task.id, fields_json(task))
         keys = [shard.task(task.id), shard.all, shard.status(task.status), shard.completed]
-        args: list[str | int] = [task.id, "", "", _score(task)]
+        score = (
+            completion_score(datetime.fromisoformat(task.completed_at)) if task.completed_at else ""
+        )
+        args: list[str | int] = [task.id, "", "", score]
         if idempotency is not None and record is not None:
             keys.append(record)
-            args[1] = idempotency.fingerprint + "\n" + task.model_dump_json()
+            args[1] = idempotency.fingerprint + "\n" + created.json.body.decode()
             args[2] = idempotency.ttl_seconds
-        args += task_fields(task)
-        remembered = await self._create_script(keys=keys, args=args)
+        remembered = await self._create_script(keys=keys, args=[*args, *task])
         if remembered is None or idempotency is None:
-            return Created(task)
+            return created
         return self._replay(cast(str, remembered), idempotency)
 
     @staticmethod
@@ -753,7 +759,8 @@ class RedisTaskStore:
         fingerprint, _, first = remembered.partition("\n")
         if fingerprint != idempotency.fingerprint:
             raise IdempotencyKeyReused("this Idempotency-Key was used with another body")
-        return Created(Task.model_validate_json(first), replayed=True)
+        task = Task.model_validate_json(first)
+        return Created(task.id, task_json(task), replayed=True)
 
     async def get(self, task_id: str) -> Task:
         return _from_row(await self._row(task_id))
