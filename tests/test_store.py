@@ -340,6 +340,28 @@ def test_a_task_reads_the_same_whatever_order_its_hash_keeps_its_fields(make_set
     with_store(make_settings("redis"), body)
 
 
+@pytest.mark.factor("IV")
+@pytest.mark.parametrize("mode", ["redis", "cluster"])
+def test_a_redis_that_forgot_the_scripts_is_sent_them_again(mode: str, make_settings) -> None:  # type: ignore[no-untyped-def]
+    """A restarted Redis, or a replica promoted in a failover, may never have loaded the store's
+    scripts: each call answered NOSCRIPT loads its script and runs it."""
+
+    async def body(store: TaskStore) -> None:
+        assert isinstance(store, RedisTaskStore)
+        kept = await store.create(new_fields(TaskCreate(title="kept")))
+        await store.client.script_flush()
+        gone = await store.create(new_fields(TaskCreate(title="gone")))
+        await store.client.script_flush()
+        done = await store.patch(kept.id, TaskPatch(status=Status.done))
+        await store.client.script_flush()
+        await store.delete(gone.id, frozenset({gone.json.etag}))
+        await store.client.script_flush()
+        page = await store.list(status=None, limit=5, before=None)
+        assert page.items == b"[" + to_json(done) + b"]"
+
+    with_store(make_settings(mode), body)
+
+
 _PATCHES = st.fixed_dictionaries(
     {},
     optional={

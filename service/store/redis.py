@@ -65,6 +65,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
+import hiredis
 import pydantic_core
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -86,6 +87,7 @@ from redis.exceptions import (
     ClusterError,
     ConnectionError,
     MasterDownError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
@@ -95,6 +97,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.maint_notifications import MaintNotificationsConfig
+from redis.typing import EncodableT, KeyT
 
 from service.domain import (
     PageJson,
@@ -276,6 +279,30 @@ class _Pool(ConnectionPool):
         self._available_connections.append(connection)
 
 
+class _Script(AsyncScript):
+    """A Lua script, run by EVALSHA and loaded on NOSCRIPT, as redis-py's runs it, without what
+    its call does each time for a pipeline, which this store never passes (an import and an
+    isinstance against a Protocol): 0.7 us a call instead of 2.0."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: RedisClient | None = None,
+    ) -> Any:
+        client = client or self.registered_client
+        keys = keys or ()
+        args = args or ()
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a server that never saw it (a restart, a failover)
+            self.sha = await client.script_load(self.script)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+_PACKER = HiredisRespSerializer()
+
+
 @functools.cache
 def _packed_by_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:
     """`base`, packing each command with hiredis, in C, as redis-py's synchronous client does
@@ -284,11 +311,17 @@ def _packed_by_hiredis(base: type[AbstractConnection]) -> type[AbstractConnectio
     class itself, and keeps packing in Python.)"""
 
     class Packed(base):  # type: ignore[valid-type,misc]
-        _packer = HiredisRespSerializer()
-
         def pack_command(self, *args: Any) -> list[bytes]:
-            packed: list[bytes] = self._packer.pack(*args)
-            return packed
+            name = args[0]
+            if isinstance(name, str) and " " in name:  # "CLIENT SETINFO": two words on the wire
+                args = (*name.split(), *args[1:])
+            # hiredis itself: its serializer's wrapper first walks every argument in Python
+            # (a create's 18: 3.1 us, against 1.3)
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:  # a bytearray or memoryview, or no value at all: the wrapper's way
+                packed: list[bytes] = _PACKER.pack(*args)
+                return packed
 
     Packed.__name__ = Packed.__qualname__ = f"HiredisPacked{base.__name__}"
     return cast(type[AbstractConnection], Packed)
@@ -540,17 +573,17 @@ class RedisTaskStore:
         self._role_checked_at: float | None = None
         # Registered once per process (the store is): each call runs EVALSHA, loading the
         # script only if the server does not know it yet.
-        self._create_script = client.register_script(self._CREATE)
-        self._list_script = client.register_script(self._LIST)
-        self._patch_script = client.register_script(self._PATCH)
-        self._delete_script = client.register_script(self._DELETE)
-        self._delete_unchanged = client.register_script(self._DELETE_UNCHANGED)
-        self._put = client.register_script(self._PUT)
-        self._completed_script = client.register_script(self._COMPLETED)
-        self._delete_completed = client.register_script(self._DELETE_COMPLETED)
-        self._get_many_script = client.register_script(self._GET_MANY)
-        self._renew_lock = client.register_script(self._RENEW_LOCK)
-        self._release_lock = client.register_script(self._RELEASE_LOCK)
+        self._create_script = _Script(client, self._CREATE)
+        self._list_script = _Script(client, self._LIST)
+        self._patch_script = _Script(client, self._PATCH)
+        self._delete_script = _Script(client, self._DELETE)
+        self._delete_unchanged = _Script(client, self._DELETE_UNCHANGED)
+        self._put = _Script(client, self._PUT)
+        self._completed_script = _Script(client, self._COMPLETED)
+        self._delete_completed = _Script(client, self._DELETE_COMPLETED)
+        self._get_many_script = _Script(client, self._GET_MANY)
+        self._renew_lock = _Script(client, self._RENEW_LOCK)
+        self._release_lock = _Script(client, self._RELEASE_LOCK)
 
     @property
     def client(self) -> RedisClient:
