@@ -122,9 +122,14 @@ class IdGenerator:
         return _encode(ms, random)
 
 
+# Two characters per 10 bits: half the lookups of one per 5 (an id is made on every create).
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = range(120, -1, -10)
+
+
 def _encode(ms: int, random: int) -> str:
     value = (ms << 80) | (random & ((1 << 80) - 1))
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 _ids = IdGenerator()

@@ -19,12 +19,15 @@ from hypothesis import strategies as st
 
 from service.app import create_app
 from service.domain import (
+    _CROCKFORD,
+    ID_PATTERN,
     TITLE_MAX,
     Page,
     Status,
     Task,
     TaskCreate,
     TaskPatch,
+    _encode,
     apply_patch,
     etag,
     fields_json,
@@ -320,6 +323,23 @@ def test_a_new_task_is_stored_as_the_model_would_be(
     )
     assert task_fields(model) == fields
     assert fields_json(fields) == task_json(model)
+
+
+_ID_PARTS = st.tuples(st.integers(0, 2**48 - 1), st.integers(0, 2**80 - 1))
+
+
+@pytest.mark.factor("X")
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(one=_ID_PARTS, other=_ID_PARTS)
+def test_an_id_is_its_milliseconds_and_random_bits_in_crockford_base32_and_sorts_by_them(
+    one: tuple[int, int], other: tuple[int, int]
+) -> None:
+    """Ids sort as their creation times (keyset pagination relies on it), 5 bits a character."""
+    task_id = _encode(*one)
+    assert ID_PATTERN.match(task_id)
+    value = sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(task_id)))
+    assert value == (one[0] << 80) | one[1]
+    assert (task_id < _encode(*other)) == (one < other)
 
 
 @pytest.mark.factor("X")
