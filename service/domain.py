@@ -159,12 +159,8 @@ def new_fields(body: TaskCreate, now: datetime | None = None) -> TaskFields:
     )
 
 
-def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
-    """`new_fields`, as the model."""
-    return from_fields(new_fields(body, now))
-
-
 def from_fields(fields: TaskFields) -> Task:
+    """The model of a task a store keeps (validated)."""
     return Task.model_validate({**fields._asdict(), "completed_at": fields.completed_at or None})
 
 
@@ -214,6 +210,7 @@ class TaskJson(NamedTuple):
 
 
 def task_fields(task: Task) -> TaskFields:
+    """The task as a store keeps it."""
     fields = task.model_dump(mode="json")
     fields["completed_at"] = fields["completed_at"] or ""
     return TaskFields(**fields)

@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -25,6 +26,7 @@ import httpx
 import pytest
 import redis
 
+from service.domain import Task, TaskCreate, from_fields, new_fields
 from service.settings import Settings
 from service.store import TaskStore, open_store
 
@@ -32,6 +34,11 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"
+
+
+def new_task(body: TaskCreate, now: datetime | None = None) -> Task:
+    """A new task (`new_fields`), as the model."""
+    return from_fields(new_fields(body, now))
 
 
 def with_store(settings: Settings, body: Callable[[TaskStore], Awaitable[T]]) -> T:

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from service.domain import TaskCreate, new_task, utcnow
+from service.domain import TaskCreate, utcnow
 from service.settings import Settings
 from service.store.base import LAYOUT_VERSION
-from tests.support import with_store
+from tests.support import new_task, with_store
 from tests.test_jobs import all_tasks, done_task, job_env, run_job, seed, varied_tasks
 
 pytestmark = [pytest.mark.factor("XII"), pytest.mark.timeout(300)]

@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 import pytest
 import redis
 
-from service.domain import Status, Task, TaskCreate, new_task, utcnow
+from service.domain import Status, Task, TaskCreate, utcnow
 from service.settings import Settings
 from service.store.base import LayoutWindow
 from service.store.migrations import MIGRATIONS, build_layout
 from service.store.redis import RedisTaskStore
+from tests.support import new_task
 from tests.test_jobs import all_tasks, done_task, job_env, run_job
 from tests.test_layout_window import as_build, migrate_as
 

@@ -21,7 +21,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, new_task, utcnow
+from service.domain import Status, Task, TaskCreate, TaskPatch, apply_patch, utcnow
 from service.settings import Settings
 from service.store import TaskStore, open_store
 from service.store.base import LAYOUT_VERSION, LayoutWindow
@@ -32,6 +32,7 @@ from tests.support import (
     base_env,
     empty_cwd,
     free_port,
+    new_task,
     with_store,
 )
 

@@ -11,11 +11,11 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.domain import Status, Task, TaskCreate, TaskPatch, new_task, task_fields
+from service.domain import Status, Task, TaskCreate, TaskPatch, task_fields
 from service.store import TaskStore
 from service.store.base import LAYOUT_VERSION, LayoutMismatch, LayoutWindow, Swept
 from service.store.migrations import BUILD_LAYOUT
-from tests.support import with_store
+from tests.support import new_task, with_store
 
 T = TypeVar("T")
 NOW = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=UTC)
