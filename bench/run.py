@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,9 +61,9 @@ def start(
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Start a server; return it and the seconds from exec to `ready` answering 200."""
     probe = f"http://127.0.0.1:{port}{ready}"
-    # One client for all the polls: `httpx.get` builds a client (and its TLS context) per call,
+    # One client for all the polls: `httpx2.get` builds a client (and its TLS context) per call,
     # ~20 ms of CPU each, which would compete with the server's own start on a small machine.
-    with httpx.Client(timeout=0.5) as client:
+    with httpx2.Client(timeout=0.5) as client:
         started = time.monotonic()
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         while True:
@@ -72,7 +72,7 @@ def start(
             try:
                 if client.get(probe).status_code == 200:
                     return proc, time.monotonic() - started
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             time.sleep(0.005)
 
@@ -138,9 +138,9 @@ def start_service(env: dict[str, str], **store: str) -> tuple[subprocess.Popen[b
 
 def seed(svc: str) -> str:
     """One task to GET, and 100 more to list; the first one's id."""
-    task_id: str = httpx.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
+    task_id: str = httpx2.post(f"{svc}/v1/tasks", json={"title": "bench"}).json()["id"]
     for i in range(100):
-        httpx.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
+        httpx2.post(f"{svc}/v1/tasks", json={"title": f"seed {i}", "description": "x" * 200})
     return task_id
 
 
@@ -196,12 +196,12 @@ def main() -> None:
         get_url = f"{svc}/v1/tasks/{task_id}"
         cget_url = f"{csvc}/v1/tasks/{cluster_task_id}"
         base_url = f"http://127.0.0.1:{baseline_port}/v1/tasks/{task_id}"
-        assert httpx.get(base_url).json()["id"] == task_id
+        assert httpx2.get(base_url).json()["id"] == task_id
         # podinfo serves a string value as it is: the task's JSON, byte for byte what we serve.
-        body = httpx.get(get_url).content
+        body = httpx2.get(get_url).content
         redis.Redis.from_url(redis_server.url).set(f"bench:{task_id}", body)
         peer_url = f"http://127.0.0.1:{peer_port}/cache/bench:{task_id}"
-        assert httpx.get(peer_url).content == body
+        assert httpx2.get(peer_url).content == body
 
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(POST_LUA)

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import httpx
+import httpx2
 import pytest
 import redis
 
@@ -374,8 +374,8 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.args} exited {self.proc.returncode}:\n{self.output()}")
             try:
-                return httpx.get(self.base_url + "/readyz", timeout=5).status_code == 200
-            except httpx.HTTPError:
+                return httpx2.get(self.base_url + "/readyz", timeout=5).status_code == 200
+            except httpx2.HTTPError:
                 return False
 
         wait_until(ready, timeout=timeout, what="/readyz 200")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 from redis.crc import key_slot
@@ -89,10 +89,10 @@ class Load:
         return self.requests - sum(n for status, n in self.statuses.items() if status < 300)
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=10) as client:
+        async with httpx2.AsyncClient(base_url=self.base_url, timeout=10) as client:
             await asyncio.gather(*(self._worker(client, n) for n in range(self.workers)))
 
-    async def _worker(self, client: httpx.AsyncClient, number: int) -> None:
+    async def _worker(self, client: httpx2.AsyncClient, number: int) -> None:
         turn = 0
         while not self._stop.is_set():
             turn += 1
@@ -116,13 +116,13 @@ class Load:
 
 def lost_writes(base_url: str, ids: list[str]) -> list[str]:
     """The acknowledged ids the service no longer finds."""
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx2.Client(base_url=base_url, timeout=10) as client:
         return [i for i in ids if client.get(f"/v1/tasks/{i}").status_code != 200]
 
 
 def every_call_succeeds(base_url: str, count: int = 60) -> Counter[int]:
     seen: Counter[int] = Counter()
-    with httpx.Client(base_url=base_url, timeout=10) as client:
+    with httpx2.Client(base_url=base_url, timeout=10) as client:
         for n in range(count):
             created = client.post("/v1/tasks", json={"title": f"after {n}"})
             seen[created.status_code] += 1
@@ -242,7 +242,7 @@ def test_concurrent_creates_under_one_idempotency_key_store_one_task(make_settin
     key = f"key-{uuid.uuid4().hex}"
     with TestClient(create_app(settings)) as client:
 
-        def create(_: int) -> httpx.Response:
+        def create(_: int) -> httpx2.Response:
             return client.post(
                 "/v1/tasks", json={"title": "once"}, headers={"Idempotency-Key": key}
             )
@@ -300,7 +300,7 @@ def test_a_shard_down_answers_503_problem_json_never_500_and_recovers(
     private_cluster: RedisClusterServers, start_service: StartService
 ) -> None:
     service = cluster_service(start_service, private_cluster)
-    with httpx.Client(base_url=service.base_url, timeout=10) as client:
+    with httpx2.Client(base_url=service.base_url, timeout=10) as client:
         ids = [client.post("/v1/tasks", json={"title": f"t{n}"}).json()["id"] for n in range(40)]
         primary = private_cluster.primaries()[0]
         replica = private_cluster.replica_of(primary)
@@ -353,7 +353,7 @@ def test_moved_and_ask_during_a_slot_migration_are_followed_not_surfaced(
     private_cluster: RedisClusterServers, start_service: StartService
 ) -> None:
     service = cluster_service(start_service, private_cluster)
-    with httpx.Client(base_url=service.base_url, timeout=10) as client:
+    with httpx2.Client(base_url=service.base_url, timeout=10) as client:
         ids = [client.post("/v1/tasks", json={"title": f"t{n}"}).json()["id"] for n in range(400)]
     slot = key_slot(shard_tag(0, 16).strip("{}").encode())
     source = next(p for p in private_cluster.primaries() if owns(p, slot))

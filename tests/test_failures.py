@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -48,7 +48,7 @@ SECRET_TITLE = "title-that-must-never-be-logged"
 ROLE_RECHECK = 1.0  # the README: ROLE is re-checked at most once a second
 
 
-def assert_unavailable(response: httpx.Response, reason: str | None = None) -> dict[str, Any]:
+def assert_unavailable(response: httpx2.Response, reason: str | None = None) -> dict[str, Any]:
     assert response.status_code == 503, response.text
     assert response.headers["content-type"] == PROBLEM
     assert response.headers["retry-after"] == "1"
@@ -92,7 +92,7 @@ def test_every_operation_answers_503_within_the_timeout_while_redis_is_frozen_th
     frozen_redis_service: tuple[ServiceProcess, RedisServer],
 ) -> None:
     service, server = frozen_redis_service
-    client = httpx.Client(base_url=service.base_url, timeout=30)
+    client = httpx2.Client(base_url=service.base_url, timeout=30)
     task = client.post("/v1/tasks", json={"title": "before"}).json()
     etag = client.get(f"/v1/tasks/{task['id']}").headers["etag"]
     calls: list[tuple[str, str, dict[str, Any]]] = [
@@ -180,7 +180,7 @@ def test_a_demoted_primary_turns_readiness_503_drops_the_pool_and_writes_recover
     try:
         node, peer = private_redis.client(), other.client()
         service = start_service(**redis_env(private_redis))
-        client = httpx.Client(base_url=service.base_url, timeout=10)
+        client = httpx2.Client(base_url=service.base_url, timeout=10)
         first = client.post("/v1/tasks", json={"title": "before the failover"})
         assert first.status_code == 201
         _replicate(peer, private_redis)
@@ -211,7 +211,7 @@ def test_a_demoted_primary_turns_readiness_503_drops_the_pool_and_writes_recover
         assert after.status_code == 201
         assert client.get(after.headers["location"]).json()["title"] == "after the failover"
         assert not before & _service_connections(node), "the old connections were dropped"
-        counts = store_errors(httpx.get(service.metrics_url).text)
+        counts = store_errors(httpx2.get(service.metrics_url).text)
         assert counts[("ping", "readonly")] >= 1 and counts[("create", "readonly")] == 1
         assert service.proc.poll() is None
     finally:
@@ -268,7 +268,7 @@ def assert_logged_once_without_task_data(caplog: pytest.LogCaptureFixture, reaso
     assert not any(r.exc_info for r in caplog.records)
 
 
-def write_secret(client: TestClient) -> httpx.Response:
+def write_secret(client: TestClient) -> httpx2.Response:
     """A create whose title and description must not reach the logs when it fails."""
     return client.post("/v1/tasks", json={"title": SECRET_TITLE, "description": SECRET_TITLE})
 
@@ -497,12 +497,12 @@ def test_a_timeout_is_told_apart_from_a_refused_connection() -> None:
 # --- a burst larger than the pool ---------------------------------------------------------
 
 
-async def send_burst(base_url: str, count: int) -> list[httpx.Response]:
+async def send_burst(base_url: str, count: int) -> list[httpx2.Response]:
     """`count` requests at once, half creates and half listings, each on its own connection."""
-    limits = httpx.Limits(max_connections=count, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as http:
+    limits = httpx2.Limits(max_connections=count, max_keepalive_connections=0)
+    async with httpx2.AsyncClient(base_url=base_url, limits=limits, timeout=60) as http:
 
-        async def one(i: int) -> httpx.Response:
+        async def one(i: int) -> httpx2.Response:
             if i % 2:
                 return await http.post("/v1/tasks", json={"title": f"burst {i}"})
             return await http.get("/v1/tasks?limit=5")
@@ -510,7 +510,7 @@ async def send_burst(base_url: str, count: int) -> list[httpx.Response]:
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def is_unavailable_problem(response: httpx.Response) -> bool:
+def is_unavailable_problem(response: httpx2.Response) -> bool:
     return (
         response.headers["content-type"] == PROBLEM
         and response.headers.get("retry-after") == "1"
@@ -537,7 +537,7 @@ def test_requests_beyond_those_in_flight_wait_their_turn_within_the_budget_then_
     kinds = {a.json()["type"].rsplit(":", 1)[1] for a in answers}
     assert kinds == {"store-unavailable", "overloaded"}
     assert took < 2 * TIMEOUT + MARGIN + 1.0, took
-    assert httpx.get(service.base_url + "/livez").status_code == 200  # probes never queue
+    assert httpx2.get(service.base_url + "/livez").status_code == 200  # probes never queue
 
 
 @pytest.mark.factor("IX", "VIII")
@@ -554,8 +554,8 @@ def test_probes_and_docs_never_wait_for_a_turn_while_every_turn_is_held(
     paths = ("/livez", "/docs", "/openapi.json")
 
     async def run() -> tuple[dict[str, int], int]:
-        limits = httpx.Limits(max_connections=60, max_keepalive_connections=0)
-        async with httpx.AsyncClient(base_url=service.base_url, limits=limits, timeout=60) as http:
+        limits = httpx2.Limits(max_connections=60, max_keepalive_connections=0)
+        async with httpx2.AsyncClient(base_url=service.base_url, limits=limits, timeout=60) as http:
             burst = [asyncio.create_task(http.get("/v1/tasks?limit=5")) for _ in range(40)]
             await asyncio.sleep(1)  # every turn taken, the rest waiting for one
             probes = {path: (await http.get(path)).status_code for path in paths}
@@ -597,7 +597,7 @@ def test_a_burst_of_1000_concurrent_requests_gets_only_answers_and_503s_and_neve
     assert set(counts) <= {200, 201, 503}, counts
     assert took < 60
     assert counts.get(201, 0) + counts.get(200, 0) > 0
-    assert httpx.get(service.base_url + "/readyz").status_code == 200
+    assert httpx2.get(service.base_url + "/readyz").status_code == 200
     assert "never awaited" not in service.output()  # calls that timed out waiting were closed
 
 
@@ -635,7 +635,7 @@ def test_after_redis_restarts_no_request_fails_on_a_connection_it_had_closed(
     private_redis.stop()
     private_redis.start()
     wait_until(
-        lambda: httpx.get(service.base_url + "/readyz").status_code == 200,
+        lambda: httpx2.get(service.base_url + "/readyz").status_code == 200,
         timeout=10,
         what="ready again",
     )
@@ -665,12 +665,12 @@ def test_four_api_requests_per_pooled_connection_are_served_at_once_the_next_wai
 
     def timed_get() -> tuple[float, str]:
         started = time.monotonic()
-        answer = httpx.get(service.base_url + "/v1/tasks", timeout=60)
+        answer = httpx2.get(service.base_url + "/v1/tasks", timeout=60)
         assert is_unavailable_problem(answer), answer.text
         return time.monotonic() - started, answer.json()["type"].rsplit(":", 1)[1]
 
     def in_flight() -> float:
-        text = httpx.get(service.metrics_url).text
+        text = httpx2.get(service.metrics_url).text
         line = next(x for x in text.splitlines() if x.startswith("tasks_http_requests_in_flight"))
         return float(line.rsplit(" ", 1)[1])
 

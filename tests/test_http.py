@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -32,7 +32,7 @@ UNKNOWN_ID = "01aaaaaaaaaaaaaaaaaaaaaaaa"
 pytestmark = [pytest.mark.factor("X"), pytest.mark.timeout(120)]
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+def assert_problem(response: httpx2.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == PROBLEM
     body: dict[str, Any] = response.json()
@@ -345,7 +345,7 @@ def test_hostile_bodies_are_refused_before_they_are_read_and_cost_no_memory(
     ones: each answered from its head alone (401), or at the first bytes past the limit (413),
     then closed. Bound: the process grows less than 10 MB across all of them."""
     service = start_service(TASKS_API_KEYS=KEY)
-    warm = httpx.post(
+    warm = httpx2.post(
         service.base_url + "/v1/tasks",
         json={"title": "warm"},
         headers={"Authorization": f"Bearer {KEY}"},
@@ -380,7 +380,7 @@ def test_hostile_bodies_are_refused_before_they_are_read_and_cost_no_memory(
     growth = rss_bytes(service) - before
     print(f"RSS growth across 25 hostile 100 MB POSTs: {growth / 1e6:.2f} MB")
     assert growth < 10 * 1024 * 1024
-    assert httpx.get(service.base_url + "/readyz").status_code == 200
+    assert httpx2.get(service.base_url + "/readyz").status_code == 200
 
 
 @pytest.mark.factor("IX")
@@ -405,7 +405,7 @@ def test_an_oversized_request_head_is_431_and_costs_no_memory(start_service: Sta
             assert http.sent < 10 * 1024 * 1024
 
     assert rss_bytes(service) - before < 10 * 1024 * 1024
-    under = httpx.get(service.base_url + "/livez", headers={"X-Big": "y" * 6000})
+    under = httpx2.get(service.base_url + "/livez", headers={"X-Big": "y" * 6000})
     assert under.status_code == 200
 
 
@@ -419,7 +419,7 @@ def test_an_unhandled_error_is_500_problem_with_its_request_id_logged_once(
     service = start_service(**redis_env(private_redis))
     private_redis.client().hset(f"tasks:task:{UNKNOWN_ID}", mapping={"title": "half a task"})
 
-    response = httpx.get(
+    response = httpx2.get(
         f"{service.base_url}/v1/tasks/{UNKNOWN_ID}", headers={"X-Request-ID": "req-500"}
     )
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import StartService
@@ -35,7 +35,7 @@ DELAY = 3.0
 
 
 def in_flight(service: ServiceProcess) -> float:
-    metrics = httpx.get(service.metrics_url).text
+    metrics = httpx2.get(service.metrics_url).text
     line = next(m for m in metrics.splitlines() if m.startswith("tasks_http_requests_in_flight "))
     return float(line.split()[1])  # the metrics listener's own requests are not counted
 
@@ -106,7 +106,7 @@ def test_dotenv_in_the_working_directory_is_read_and_env_vars_win(
 
     service = start_service(TASKS_BUILD_DATE="from-env")
 
-    version = httpx.get(service.base_url + "/version").json()
+    version = httpx2.get(service.base_url + "/version").json()
     assert version["git_revision"] == "from-dotenv" and version["build_date"] == "from-env"
 
 
@@ -121,11 +121,11 @@ def test_two_processes_on_their_own_ports_share_one_redis(
     two = start_service(**redis_env(private_redis))
     assert one.port != two.port
 
-    created = httpx.post(one.base_url + "/v1/tasks", json={"title": "shared"})
+    created = httpx2.post(one.base_url + "/v1/tasks", json={"title": "shared"})
 
-    assert httpx.get(two.base_url + created.headers["location"]).json() == created.json()
-    patched = httpx.patch(two.base_url + created.headers["location"], json={"status": "done"})
-    assert httpx.get(one.base_url + "/v1/tasks?status=done").json()["items"] == [patched.json()]
+    assert httpx2.get(two.base_url + created.headers["location"]).json() == created.json()
+    patched = httpx2.patch(two.base_url + created.headers["location"], json={"status": "done"})
+    assert httpx2.get(one.base_url + "/v1/tasks?status=done").json()["items"] == [patched.json()]
 
 
 @pytest.mark.factor("VII")
@@ -134,19 +134,19 @@ def test_metrics_are_served_on_the_metrics_port_and_not_on_the_app_port(
 ) -> None:
     service = start_service()
     assert service.metrics_port != service.port
-    assert httpx.get(service.base_url + "/v1/tasks").status_code == 200
+    assert httpx2.get(service.base_url + "/v1/tasks").status_code == 200
 
-    scraped = httpx.get(service.metrics_url)
+    scraped = httpx2.get(service.metrics_url)
 
     assert scraped.status_code == 200
     assert scraped.headers["content-type"].startswith("text/plain; version=")
     assert 'tasks_http_requests_total{method="GET",route="/v1/tasks",status="200"} 1.0' in (
         scraped.text
     )
-    assert httpx.get(service.base_url + "/metrics").status_code == 404
+    assert httpx2.get(service.base_url + "/metrics").status_code == 404
     metrics_root = f"http://127.0.0.1:{service.metrics_port}"
     for path in ("/", "/v1/tasks", "/readyz"):  # the metrics port serves nothing of the API
-        assert httpx.get(metrics_root + path).status_code == 404, path
+        assert httpx2.get(metrics_root + path).status_code == 404, path
 
 
 @pytest.mark.factor("VII")
@@ -184,19 +184,19 @@ def test_sigterm_turns_readyz_503_drains_the_in_flight_request_and_exits_0_closi
         **redis_env(private_redis, TASKS_REDIS_TIMEOUT_SECONDS="15"),
         TASKS_SHUTDOWN_DELAY_SECONDS=str(DELAY),
     )
-    location = httpx.post(service.base_url + "/v1/tasks", json={"title": "slow"}).headers[
+    location = httpx2.post(service.base_url + "/v1/tasks", json={"title": "slow"}).headers[
         "location"
     ]
     assert private_redis.proc is not None
     os.kill(private_redis.proc.pid, signal.SIGSTOP)  # every store call now waits: a slow request
 
     with ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(httpx.get, service.base_url + location, timeout=30)
+        slow = pool.submit(httpx2.get, service.base_url + location, timeout=30)
         wait_until(lambda: in_flight(service) >= 1, timeout=5, what="the slow request in flight")
 
         signalled = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
-        readyz = httpx.get(service.base_url + "/readyz")
+        readyz = httpx2.get(service.base_url + "/readyz")
         assert time.monotonic() - signalled < DELAY, "readyz must flip at once, within the delay"
         assert readyz.status_code == 503 and readyz.json()["checks"]["draining"] is True
 
@@ -220,7 +220,7 @@ def test_while_draining_responses_close_keep_alive_connections(
     """Clients on a kept-alive connection are told to reconnect (to a pod still ready) during the
     shutdown delay, before the listener closes under them."""
     service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="30")
-    with httpx.Client(base_url=service.base_url) as client:
+    with httpx2.Client(base_url=service.base_url) as client:
         before = client.get("/livez")
         assert before.headers.get("connection") != "close"
         service.proc.send_signal(signal.SIGTERM)
@@ -235,7 +235,7 @@ def test_a_second_sigint_exits_at_once(start_service: StartService) -> None:
     service = start_service(TASKS_SHUTDOWN_DELAY_SECONDS="60")
 
     service.proc.send_signal(signal.SIGINT)
-    wait_until(lambda: httpx.get(service.base_url + "/readyz").status_code == 503, timeout=10)
+    wait_until(lambda: httpx2.get(service.base_url + "/readyz").status_code == 503, timeout=10)
     service.proc.send_signal(signal.SIGINT)
 
     assert service.proc.wait(timeout=10) == 130  # not the 60 s delay
@@ -250,28 +250,28 @@ def test_redis_outage_gives_fast_503s_and_the_service_recovers_without_restart(
 ) -> None:
     service = start_service(**redis_env(private_redis))
     url = service.base_url
-    location = httpx.post(url + "/v1/tasks", json={"title": "before"}).headers["location"]
+    location = httpx2.post(url + "/v1/tasks", json={"title": "before"}).headers["location"]
 
     private_redis.stop()
 
     for method, path in [("GET", location), ("POST", "/v1/tasks"), ("GET", "/v1/tasks")]:
         started = time.monotonic()
-        response = httpx.request(method, url + path, json={"title": "during"}, timeout=30)
+        response = httpx2.request(method, url + path, json={"title": "during"}, timeout=30)
         assert time.monotonic() - started < FAST, (method, path)
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     started = time.monotonic()
-    readyz = httpx.get(url + "/readyz", timeout=30)
+    readyz = httpx2.get(url + "/readyz", timeout=30)
     assert readyz.status_code == 503
     assert readyz.json()["checks"] == {"draining": False, "store": "unreachable"}
     assert time.monotonic() - started < FAST
-    assert httpx.get(url + "/livez").status_code == 200
+    assert httpx2.get(url + "/livez").status_code == 200
 
     private_redis.start()  # same port, empty data
 
-    wait_until(lambda: httpx.get(url + "/readyz").status_code == 200, timeout=5, what="recovery")
-    created = httpx.post(url + "/v1/tasks", json={"title": "after"})
+    wait_until(lambda: httpx2.get(url + "/readyz").status_code == 200, timeout=5, what="recovery")
+    created = httpx2.post(url + "/v1/tasks", json={"title": "after"})
     assert created.status_code == 201
-    assert httpx.get(url + created.headers["location"]).status_code == 200
+    assert httpx2.get(url + created.headers["location"]).status_code == 200
     assert service.proc.poll() is None
 
 
@@ -297,16 +297,16 @@ def test_an_acl_user_serves_the_api_and_a_wrong_one_fails_fast_with_503(
 ) -> None:
     as_user = redis_env(acl_redis, TASKS_REDIS_PASSWORD="tasks-password")
     service = start_service(**as_user, TASKS_REDIS_USERNAME="tasks")
-    created = httpx.post(service.base_url + "/v1/tasks", json={"title": "as an ACL user"})
+    created = httpx2.post(service.base_url + "/v1/tasks", json={"title": "as an ACL user"})
     assert created.status_code == 201
-    assert httpx.get(service.base_url + created.headers["location"]).status_code == 200
+    assert httpx2.get(service.base_url + created.headers["location"]).status_code == 200
     assert acl_redis.client().exists(f"tasks:task:{created.json()['id']}") == 1
 
     wrong = start_service(wait=False, **as_user, TASKS_REDIS_USERNAME="nobody")
     wait_until(lambda: accepts_connections(wrong.port), timeout=15, what="the listener")
     for path in ("/readyz", "/v1/tasks"):
         started = time.monotonic()
-        response = httpx.get(wrong.base_url + path, timeout=30)
+        response = httpx2.get(wrong.base_url + path, timeout=30)
         assert time.monotonic() - started < FAST, path
         assert response.status_code == 503 and response.headers["content-type"] == PROBLEM
     assert "tasks-password" not in wrong.output()
@@ -339,10 +339,10 @@ def test_stdout_is_json_lines_with_one_access_line_per_request(
     start_service: StartService,
 ) -> None:
     service = start_service()
-    created = httpx.post(
+    created = httpx2.post(
         service.base_url + "/v1/tasks", json={"title": "x"}, headers={"X-Request-ID": "req-42"}
     )
-    fetched = httpx.get(service.base_url + created.headers["location"])
+    fetched = httpx2.get(service.base_url + created.headers["location"])
     assert created.headers["x-request-id"] == "req-42"
     generated = fetched.headers["x-request-id"]
     assert service.stop() == 0
@@ -409,14 +409,14 @@ def test_draining_is_bounded_by_the_graceful_timeout(
     )
     private_redis.freeze()
     with ThreadPoolExecutor(1) as pool:
-        stuck = pool.submit(httpx.get, service.base_url + "/v1/tasks", timeout=90)
+        stuck = pool.submit(httpx2.get, service.base_url + "/v1/tasks", timeout=90)
         wait_until(lambda: in_flight(service) >= 1, timeout=10, what="the stuck request")
         signalled = time.monotonic()
         service.proc.send_signal(signal.SIGTERM)
         service.proc.wait(timeout=45)
         took = time.monotonic() - signalled
         private_redis.thaw()
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx2.HTTPError):
             stuck.result()
     # At least the grace period, and well short of the 20 s default: the setting, not the
     # default, bounded the drain (the request alone would have taken a minute).
@@ -435,13 +435,13 @@ def test_the_redis_password_is_never_logged(start_service: StartService) -> None
         service = start_service(
             **redis_env(server, TASKS_REDIS_PASSWORD=password), TASKS_LOG_LEVEL="debug"
         )
-        assert httpx.post(service.base_url + "/v1/tasks", json={"title": "x"}).status_code == 201
+        assert httpx2.post(service.base_url + "/v1/tasks", json={"title": "x"}).status_code == 201
         admin = server.client()
         admin.config_set("requirepass", password + "-rotated")  # the app's login now fails
         admin.execute_command("CLIENT", "KILL", "TYPE", "normal")
-        assert httpx.get(service.base_url + "/v1/tasks").status_code == 503
+        assert httpx2.get(service.base_url + "/v1/tasks").status_code == 503
         server.stop()
-        assert httpx.get(service.base_url + "/readyz").status_code == 503
+        assert httpx2.get(service.base_url + "/readyz").status_code == 503
         assert service.stop() == 0
     finally:
         server.stop()
@@ -472,8 +472,8 @@ def test_the_process_writes_no_log_file(tmp_path: Path, private_redis: RedisServ
     )
     try:
         service.wait_ready()
-        httpx.post(service.base_url + "/v1/tasks", json={"title": "x"})
-        httpx.get(service.base_url + "/no/such/route")
+        httpx2.post(service.base_url + "/v1/tasks", json={"title": "x"})
+        httpx2.get(service.base_url + "/no/such/route")
         open_files = open_paths(service.proc.pid) - {"/dev/null", "/dev/urandom"}
         assert open_files == {service.log.name}, open_files
     finally:
@@ -515,7 +515,7 @@ def test_the_process_binds_the_configured_host_only(start_service: StartService)
     service = start_service(wait=False, TASKS_HOST="127.0.0.2")
     url = f"http://127.0.0.2:{service.port}"
     wait_until(lambda: accepts_on("127.0.0.2", service.port), timeout=30, what="the listener")
-    assert httpx.get(url + "/livez").status_code == 200
+    assert httpx2.get(url + "/livez").status_code == 200
     assert not accepts_connections(service.port)  # 127.0.0.1
 
 

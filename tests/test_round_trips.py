@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.support import RedisServer
 
-Call = Callable[[TestClient, Any], httpx.Response]  # (the app, what `prepare` made for this call)
+Call = Callable[[TestClient, Any], httpx2.Response]  # (the app, what `prepare` made for this call)
 END = "ECHO round-trips-end"
 
 

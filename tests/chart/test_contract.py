@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import httpx2
 import pytest
 
 from tests.chart.helpers import (
@@ -116,14 +116,14 @@ def test_api_serves_probes_metrics_and_crud_with_the_rendered_env(
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             get = c[probe]["httpGet"]
             assert get["port"] == "http"
-            assert httpx.get(base + get["path"], timeout=5).status_code == 200, get["path"]
+            assert httpx2.get(base + get["path"], timeout=5).status_code == 200, get["path"]
         # /metrics on the port the `metrics` container port names, never on the http one.
         assert port["metrics"] == int(
             resolve_env(r.objects, c, EXISTING_SECRETS)["TASKS_METRICS_PORT"]
         )
-        assert httpx.get(service.metrics_url, timeout=5).status_code == 200
-        assert httpx.get(base + "/metrics", timeout=5).status_code == 404
-        assert httpx.get(base + "/version", timeout=5).status_code == 200
+        assert httpx2.get(service.metrics_url, timeout=5).status_code == 200
+        assert httpx2.get(base + "/metrics", timeout=5).status_code == 404
+        assert httpx2.get(base + "/version", timeout=5).status_code == 200
         _crud(base, env.get("TASKS_API_KEYS", ""))
         _helm_test_pod_passes(r, base)
     finally:
@@ -137,9 +137,9 @@ def test_api_serves_probes_metrics_and_crud_with_the_rendered_env(
 def _crud(base: str, api_keys: str) -> None:
     key = api_keys.split(",")[0].strip()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    with httpx.Client(base_url=base, timeout=5, headers=headers) as client:
+    with httpx2.Client(base_url=base, timeout=5, headers=headers) as client:
         if key:
-            assert httpx.post(base + "/v1/tasks", json={"title": "x"}).status_code == 401
+            assert httpx2.post(base + "/v1/tasks", json={"title": "x"}).status_code == 401
         created = client.post("/v1/tasks", json={"title": "contract"})
         assert created.status_code == 201, created.text
         path = f"/v1/tasks/{created.json()['id']}"

@@ -13,7 +13,7 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name
@@ -177,7 +177,7 @@ def test_default_command_serves_readyz_as_the_image_user(start, built_image: Bui
     assert ids["Uid"][0] != 0
     assert ids["Uid"] == [10001] * 4 and ids["Gid"] == [10001] * 4 and ids["Groups"] == []
 
-    version = httpx.get(container.base_url + "/version", timeout=5)
+    version = httpx2.get(container.base_url + "/version", timeout=5)
     assert version.status_code == 200
     # /version reports what the build args fed in, each under its own name.
     args = built_image.build_args
@@ -192,7 +192,7 @@ def test_default_command_serves_readyz_as_the_image_user(start, built_image: Bui
 def test_default_command_is_ready_against_redis(start, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
     container = start(TASKS_STORE="redis", TASKS_REDIS_URL=redis_server.url)
     container.wait_ready()
-    assert httpx.get(container.base_url + "/readyz", timeout=5).status_code == 200
+    assert httpx2.get(container.base_url + "/readyz", timeout=5).status_code == 200
 
 
 @pytest.mark.factor("IX")

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.e2e.cluster import TOOLS_BIN, kindnode
@@ -52,7 +52,7 @@ def skaffold(kubeconfig: str, home: Path, *args: str, timeout: float = 600) -> s
 
 
 @contextlib.contextmanager
-def port_forward(kubeconfig: str, ns: str, target: str, port: int) -> Iterator[httpx.Client]:
+def port_forward(kubeconfig: str, ns: str, target: str, port: int) -> Iterator[httpx2.Client]:
     """`kubectl port-forward` to target:port; an HTTP client on the local end."""
     (local,) = free_ports(1)
     proc = subprocess.Popen(
@@ -61,7 +61,7 @@ def port_forward(kubeconfig: str, ns: str, target: str, port: int) -> Iterator[h
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as client:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{local}", timeout=10) as client:
             wait_until(f"port-forward to {target}", lambda: _answers(client), timeout=30)
             yield client
     finally:
@@ -69,10 +69,10 @@ def port_forward(kubeconfig: str, ns: str, target: str, port: int) -> Iterator[h
         proc.wait(timeout=10)
 
 
-def _answers(client: httpx.Client) -> bool:
+def _answers(client: httpx2.Client) -> bool:
     try:
         return client.get("/readyz").status_code == 200
-    except httpx.TransportError:
+    except httpx2.TransportError:
         return False
 
 
@@ -199,8 +199,8 @@ def served_summary(log: Path) -> str | None:
     if not port:
         return None
     try:
-        r = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=3)
-    except httpx.TransportError:
+        r = httpx2.get(f"http://127.0.0.1:{port}/openapi.json", timeout=3)
+    except httpx2.TransportError:
         return None
     return r.json()["info"]["summary"] if r.status_code == 200 else None
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.e2e.kube import CHART, get_json, wait_until
@@ -61,11 +61,11 @@ def release(helm, kubectl, module_namespace, local_volume):  # type: ignore[no-u
 
 
 @pytest.fixture(scope="module")
-def api(kubectl, release) -> httpx.Client:  # type: ignore[no-untyped-def]
+def api(kubectl, release) -> httpx2.Client:  # type: ignore[no-untyped-def]
     """The API through its Service's ClusterIP (kube-proxy's rules, from the node)."""
     svc = get_json(kubectl, "service", RELEASE, "-n", release)
     port = svc["spec"]["ports"][0]["port"]
-    return httpx.Client(base_url=f"http://{svc['spec']['clusterIP']}:{port}", timeout=10)
+    return httpx2.Client(base_url=f"http://{svc['spec']['clusterIP']}:{port}", timeout=10)
 
 
 def exec_in(kubectl, ns: str, pod: str, *cmd: str, check: bool = True):  # type: ignore[no-untyped-def]
@@ -137,7 +137,7 @@ def test_helm_test_passes(helm, release):
     assert "Phase:          Succeeded" in out, out
 
 
-def seed_expired(api: httpx.Client, n_done: int) -> tuple[list[str], str]:
+def seed_expired(api: httpx2.Client, n_done: int) -> tuple[list[str], str]:
     """n_done tasks moved to done (expired once RETENTION passes) and one open task."""
     done = []
     for i in range(n_done):
@@ -205,7 +205,7 @@ def test_redis_keeps_every_task_when_its_pod_is_deleted(api, kubectl, release):
     assert after == before, "the API pods were not restarted"
 
 
-def _why(response: httpx.Response | None) -> str:
+def _why(response: httpx2.Response | None) -> str:
     """A failed answer's problem type and detail, so a failure says which one it was."""
     if response is None or "json" not in response.headers.get("content-type", ""):
         return ""
@@ -230,7 +230,7 @@ class Load:
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
-        with httpx.Client(base_url=self.base_url, timeout=10) as client:
+        with httpx2.Client(base_url=self.base_url, timeout=10) as client:
             i = 0
             while not self._stop.is_set() and time.monotonic() < deadline:
                 with self._lock:
@@ -246,7 +246,7 @@ class Load:
                         r = client.get("/v1/tasks", params={"limit": 5})
                         ok = r.status_code == 200
                     outcome = str(r.status_code)
-                except httpx.HTTPError as e:
+                except httpx2.HTTPError as e:
                     ok, outcome = False, type(e).__name__
                 with self._lock:
                     self.statuses[outcome] += 1
