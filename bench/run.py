@@ -150,6 +150,8 @@ def main() -> None:
     cluster = RedisClusterServers()
     cluster.start()
     procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write(POST_LUA)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKS_")}
         baseline_port = free_port()
@@ -203,8 +205,6 @@ def main() -> None:
         peer_url = f"http://127.0.0.1:{peer_port}/cache/bench:{task_id}"
         assert httpx2.get(peer_url).content == body
 
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
-            lua.write(POST_LUA)
         floor_url = f"http://127.0.0.1:{floor_port}"
         servers = {  # name: (url, server pid, wrk script)
             "floor GET": (f"{floor_url}/v1/tasks/{task_id}", floor.pid, None),
@@ -223,7 +223,6 @@ def main() -> None:
         for _ in range(ROUNDS):  # alternate, so all see the same machine load on average
             for name, (url, pid, script) in servers.items():
                 rounds[name].append(wrk(url, pid, script=script))
-        Path(lua.name).unlink()
         results = {name: combine(figures) for name, figures in rounds.items()}
         loaded_rss, peak_rss = rss_mb(service.pid)
     finally:
@@ -232,6 +231,7 @@ def main() -> None:
             proc.wait(timeout=30)
         redis_server.stop()
         cluster.stop()
+        Path(lua.name).unlink()
 
     print(
         f"\nwrk: 1 thread, {CONNECTIONS} connections, {DURATION}s per run, 127.0.0.1; "

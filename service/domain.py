@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple, cast
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -135,6 +135,11 @@ def _encode(ms: int, random: int) -> str:
 _ids = IdGenerator()
 
 
+def json_time(at: datetime) -> str:
+    """A datetime as a task's JSON writes it, and a store keeps it."""
+    return cast(str, pydantic_core.to_jsonable_python(at))
+
+
 class TaskFields(NamedTuple):
     """A task in the form a store keeps it: each field as its JSON writes it (`completed_at` ""
     when None). A task's ETag is computed from these (`etag`), and its JSON can be (`fields_json`),
@@ -149,10 +154,14 @@ class TaskFields(NamedTuple):
     completed_at: str
 
 
+_NAMES = TaskFields._fields
+assert tuple(Task.model_fields) == _NAMES, "a store keeps the model's fields, in order"
+
+
 def new_fields(body: TaskCreate, now: datetime | None = None) -> TaskFields:
     """A new task from a create request; creating it as done marks it completed now."""
     now = now or utcnow()
-    at = pydantic_core.to_json(now)[1:-1].decode()  # the JSON form of the model's datetimes
+    at = json_time(now)
     done = body.status is Status.done
     return TaskFields(
         _ids.new(now), body.title, body.description, body.status, at, at, at if done else ""
@@ -222,12 +231,17 @@ def task_json(task: Task) -> TaskJson:
 
 
 def fields_json(fields: TaskFields) -> TaskJson:
-    """`task_json` of the task with these fields, without building the model: each field is in
-    its JSON form already, which pydantic-core writes byte for byte as the model's (a test holds
-    them equal)."""
-    task = fields._asdict()
-    task["completed_at"] = fields.completed_at or None
-    return TaskJson(pydantic_core.to_json(task), etag(fields))
+    """`task_json` of the task with these fields, without building the model."""
+    return TaskJson(pydantic_core.to_json(json_object(fields)), etag(fields))
+
+
+def json_object(fields: Sequence[str | None]) -> dict[str, str | None]:
+    """The task's JSON object from all its fields (`TaskFields` order; `completed_at` "" is
+    null): each is in its JSON form already, so pydantic-core writes the dict byte for byte as
+    the model (a test holds them equal)."""
+    task = dict(zip(_NAMES, fields, strict=False))  # zip's length check is costly
+    task["completed_at"] = task["completed_at"] or None
+    return task
 
 
 def etag(fields: Sequence[str | None]) -> str:

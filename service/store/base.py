@@ -33,7 +33,6 @@ COMPLETION_INDEX_LAYOUT = 3
 """The first layout whose every writer keeps the completion-time index (`scan_completed`): on
 data older than that, builds that do not keep it may have written, so it may miss tasks."""
 
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -17,8 +17,10 @@ from service.domain import (
     TaskJson,
     TaskPatch,
     apply_patch,
+    etag,
     fields_json,
     from_fields,
+    task_fields,
     task_json,
     tasks_json,
 )
@@ -228,5 +230,5 @@ def _version(task: Task) -> tuple[object, ...]:
 
 def _check(if_match: frozenset[str] | None, task: Task) -> None:
     """Raise `PreconditionFailed` unless If-Match's tags (None: any) name the task's ETag."""
-    if if_match is not None and task_json(task).etag not in if_match:
+    if if_match is not None and etag(task_fields(task)) not in if_match:
         raise PreconditionFailed()

@@ -108,6 +108,8 @@ from service.domain import (
     TaskPatch,
     etag,
     fields_json,
+    json_object,
+    json_time,
     task_fields,
     task_json,
     utcnow,
@@ -459,7 +461,7 @@ class RedisKeys:
 # calls it, with its KEYS and ARGV, and is registered once per process (in __init__).
 # The index keys: index:all, one per status, index:completed (ShardKeys.indexes).
 _INDEXES = 2 + len(Status)
-_FIELDS = tuple(Task.model_fields)  # a task's hash fields, in this order in every script
+_FIELDS = TaskFields._fields  # a task's hash fields, in this order in every script
 assert _FIELDS[0] == "id"
 _STATUS_AT = _FIELDS.index("status")
 _ABSENT = [None] * len(_FIELDS)  # what HMGET answers for a task that does not exist
@@ -489,7 +491,7 @@ _LAYOUT_RECHECK_SECONDS = 1.0
 
 
 def _to_hash(task: Task) -> dict[Any, str]:
-    return dict(zip(_FIELDS, task_fields(task), strict=True))
+    return task_fields(task)._asdict()
 
 
 def _from_hash(fields: Mapping[str, str]) -> Task:
@@ -497,20 +499,13 @@ def _from_hash(fields: Mapping[str, str]) -> Task:
 
 
 def _json_fields(rows: Sequence[_Row]) -> list[dict[str, str | None]]:
-    """Tasks as `to_json` writes them, from their hashes' fields in _FIELDS order (HMGET), as
-    dicts that pydantic-core writes byte for byte as the model (a test holds them equal),
-    without building the models: the hash holds each field in its JSON form already. A hash
-    without every field goes through the model, whose validation says what is wrong."""
-    # HMGET answers a value per field asked: no need for zip's (costly) length check
-    tasks = [
-        dict(zip(_FIELDS, row, strict=False))
-        if None not in row
-        else _from_row(row).model_dump(mode="json")
+    """Tasks as JSON objects (`json_object`) from their hashes' fields in _FIELDS order
+    (HMGET), without building the models. A hash without every field goes through the model,
+    whose validation says what is wrong."""
+    return [
+        json_object(row) if None not in row else _from_row(row).model_dump(mode="json")
         for row in rows
     ]
-    for task in tasks:
-        task["completed_at"] = task["completed_at"] or None
-    return tasks
 
 
 def _from_row(row: _Row) -> Task:
@@ -536,9 +531,10 @@ def _task_id(task: Task) -> str:
     return task.id
 
 
-def _score(task: Task) -> int | str:
-    """The task's score in the completion-time index; "" for a task that is not done."""
-    return "" if task.completed_at is None else completion_score(task.completed_at)
+def _score(completed_at: str) -> int | str:
+    """A task's score in the completion-time index, from its stored `completed_at`; "" for a
+    task that is not done."""
+    return completion_score(datetime.fromisoformat(completed_at)) if completed_at else ""
 
 
 class RedisTaskStore:
@@ -774,10 +770,7 @@ class RedisTaskStore:
                 shard = home
         created = Created(task.id, fields_json(task))
         keys = [shard.task(task.id), shard.all, shard.status(task.status), shard.completed]
-        score = (
-            completion_score(datetime.fromisoformat(task.completed_at)) if task.completed_at else ""
-        )
-        args: list[str | int] = [task.id, "", "", score]
+        args: list[str | int] = [task.id, "", "", _score(task.completed_at)]
         if idempotency is not None and record is not None:
             keys.append(record)
             args[1] = idempotency.fingerprint + "\n" + created.json.body.decode()
@@ -939,8 +932,8 @@ class RedisTaskStore:
         shard = self._keys.shard_of(task_id)
         keys = [shard.task(task_id), *shard.indexes()]
         changes = patch.model_dump(mode="json", exclude_unset=True)
-        at = [pydantic_core.to_jsonable_python(now), completion_score(now)]
-        args = [*at, *(part for change in changes.items() for part in change)]
+        args: list[str | int] = [json_time(now), completion_score(now)]
+        args += [part for change in changes.items() for part in change]
         return _from_row(await self._conditional(self._patch_script, keys, task_id, if_match, args))
 
     # Delete, unconditionally or only if the task's ETag is among If-Match's tags.
@@ -973,7 +966,7 @@ class RedisTaskStore:
 
     async def _conditional(
         self,
-        script: AsyncScript,
+        script: _Script,
         keys: Sequence[str],
         task_id: str,
         if_match: frozenset[str] | None,
@@ -1230,8 +1223,9 @@ class RedisTaskStore:
         position = {status: indexes.index(shard.status(status)) + 1 for status in Status}
         keys, args = list(indexes), list[str | int]()
         for task in tasks:
+            fields = task_fields(task)
             keys.append(shard.task(task.id))
-            args += [position[task.status], _score(task), *task_fields(task)]
+            args += [position[task.status], _score(fields.completed_at), *fields]
         await self._put(keys=keys, args=args)  # one script: the shard's part is atomic
 
     async def acquire_lock(self, name: str, ttl_seconds: float) -> str | None:
