@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import inspect
 import uuid
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -22,16 +23,20 @@ from service.domain import (
     _CROCKFORD,
     ID_PATTERN,
     TITLE_MAX,
+    IdGenerator,
     Page,
     Status,
     Task,
     TaskCreate,
     TaskPatch,
-    _encode,
+    _encode_random,
+    _encode_time,
     apply_patch,
     etag,
     fields_json,
     from_fields,
+    json_time,
+    micros,
     new_fields,
     page_json,
     task_fields,
@@ -335,11 +340,51 @@ def test_an_id_is_its_milliseconds_and_random_bits_in_crockford_base32_and_sorts
     one: tuple[int, int], other: tuple[int, int]
 ) -> None:
     """Ids sort as their creation times (keyset pagination relies on it), 5 bits a character."""
-    task_id = _encode(*one)
+    task_id = _encode_time(one[0]) + _encode_random(one[1])
     assert ID_PATTERN.match(task_id)
     value = sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(task_id)))
     assert value == (one[0] << 80) | one[1]
-    assert (task_id < _encode(*other)) == (one < other)
+    assert (task_id < _encode_time(other[0]) + _encode_random(other[1])) == (one < other)
+
+
+@pytest.mark.factor("X")
+def test_a_new_task_takes_its_id_and_times_from_one_reading_of_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its id's milliseconds are those of its created_at, which is now, as its JSON writes it."""
+    # A generator of its own: others' tasks made at any time they chose (a test's "now") move
+    # the process-wide one's last millisecond, which ids never go back from.
+    monkeypatch.setattr("service.domain._ids", IdGenerator())
+    before = datetime.now(UTC)
+    fields = new_fields(TaskCreate(title="now", status=Status.done))
+    after = datetime.now(UTC)
+    created = datetime.fromisoformat(fields.created_at)
+    assert before <= created <= after
+    assert fields.created_at == fields.updated_at == fields.completed_at == json_time(created)
+    assert fields.id[:10] == _encode_time(micros(created) // 1000)
+
+
+@pytest.mark.factor("X")
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(
+    steps=st.lists(st.integers(-3, 3), min_size=1, max_size=50), shards=st.integers(1, 4)
+)
+def test_ids_strictly_increase_in_a_process_even_within_a_millisecond_or_when_the_clock_steps_back(
+    steps: list[int], shards: int
+) -> None:
+    """Each id follows the one before, whatever the clock does: a millisecond already used
+    (or one before it) continues that millisecond's sequence. With `accept`, each is the
+    next one accepted."""
+    ids = IdGenerator()
+    at, latest, previous = 1_700_000_000_000, 0, ""
+    for step in steps:
+        at += step
+        latest = max(latest, at)
+        task_id = ids.new(at, lambda i: zlib.crc32(i.encode()) % shards == 0)  # as a store's
+        assert task_id > previous and ID_PATTERN.match(task_id)
+        assert task_id[:10] == _encode_time(latest)
+        assert zlib.crc32(task_id.encode()) % shards == 0
+        previous = task_id
 
 
 @pytest.mark.factor("X")

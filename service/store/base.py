@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple, Protocol
 
-from service.domain import PageJson, Status, Task, TaskFields, TaskJson, TaskPatch
+from service.domain import (
+    EPOCH,
+    PageJson,
+    Status,
+    Task,
+    TaskFields,
+    TaskJson,
+    TaskPatch,
+    micros,
+)
 from service.errors import TasksError
 
 # Batch return types, named at module level (inside the protocol, `list` is a method).
@@ -33,20 +42,17 @@ COMPLETION_INDEX_LAYOUT = 3
 """The first layout whose every writer keeps the completion-time index (`scan_completed`): on
 data older than that, builds that do not keep it may have written, so it may miss tasks."""
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
 
 def completion_score(completed_at: datetime) -> int:
     """Microseconds since the epoch: completed_at's own precision, so the index orders and
     cuts exactly as the timestamps compare (the cutoff's boundary included), and an integer
     that a double (a Redis score) holds exactly until the year 2255."""
-    return (completed_at - _EPOCH) // _MICROSECOND
+    return micros(completed_at)
 
 
 def completed_at(score: int) -> datetime:
     """The inverse of `completion_score`."""
-    return _EPOCH + score * _MICROSECOND
+    return EPOCH + timedelta(microseconds=score)
 
 
 @dataclass(frozen=True, slots=True)
