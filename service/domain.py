@@ -297,5 +297,9 @@ def etag(fields: Sequence[str | None]) -> str:
     does, in the scripts of conditional writes (`service.store.redis._LUA_ETAG`), which makes
     an If-Match write one round trip. The fields are length-prefixed: no two tasks share the
     string hashed."""
-    data = b"".join(b"%d:%s" % (len(v), v) for v in [(f or "").encode() for f in fields])
+    text = "".join([f"{len(f)}:{f}" if f else "0:" for f in fields])
+    if text.isascii():  # a character is a byte: the lengths are the bytes'
+        data = text.encode()
+    else:
+        data = b"".join(b"%d:%s" % (len(v), v) for v in [(f or "").encode() for f in fields])
     return '"' + hashlib.sha1(data, usedforsecurity=False).hexdigest()[:20] + '"'
