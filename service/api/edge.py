@@ -82,7 +82,8 @@ class Edge:
             elif name == b"authorization":
                 authorization = value
         started = False
-        body: bytes | None = None
+        message: Message | None = None  # the whole body, once read
+        body: bytes | None = None  # its bytes (None: no body, or the client went away)
 
         async def tracked(message: Message) -> None:
             nonlocal started
@@ -99,7 +100,9 @@ class Edge:
                 if declared is not None and _length(declared) > self.max_body_bytes:
                     raise BodyTooLarge(f"the body may be at most {self.max_body_bytes} bytes")
                 # Read before the turn is taken: a turn is not held while a body trickles in.
-                body, receive = await self._buffered(receive)
+                message = await self._read_body(receive)
+                if message["type"] == "http.request":
+                    body = message.get("body", b"")
                 has_body = False  # read whole: the connection can carry the next request
             inner = scope
             if method == "HEAD":
@@ -110,6 +113,8 @@ class Edge:
                 await self._take_turn()
             try:
                 if not await self.fast_paths.serve(inner, body, tracked):
+                    if message is not None:
+                        receive = _replaying(message, receive)
                     await self.app(inner, receive, tracked)
             finally:
                 if admitted:
@@ -140,34 +145,39 @@ class Edge:
         else:  # a turn is free: taken at once, no timer to arm and cancel
             await self.admission.acquire()
 
-    async def _buffered(self, receive: Receive) -> tuple[bytes | None, Receive]:
-        """Read the whole body, at most max_body_bytes of it: the body (None if the client
-        went away), and a receive that replays it to the app."""
+    async def _read_body(self, receive: Receive) -> Message:
+        """Read the whole body, at most max_body_bytes of it: one message with all of it, or
+        the one that says the client went away."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] != "http.request":  # the client went away: pass that on
-                last = message
-                break
+                return message
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise BodyTooLarge(f"the body may be at most {self.max_body_bytes} bytes")
-            chunks.append(chunk)
             if not message.get("more_body", False):
-                last = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                break
-        replayed = False
+                if not chunks:  # the usual case: it came in one message
+                    return message
+                chunks.append(chunk)
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            chunks.append(chunk)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return last
 
-        return (last["body"] if last["type"] == "http.request" else None), replay
+def _replaying(message: Message, receive: Receive) -> Receive:
+    """A receive that gives the body already read, then whatever `receive` gives."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return message
+
+    return replay
 
 
 def _length(declared: bytes) -> int:

@@ -366,20 +366,22 @@ def _create_request(
     headers: list[tuple[bytes, bytes]], body: bytes
 ) -> tuple[TaskCreate, str | None] | None:
     """A create's body and Idempotency-Key, when it is JSON that validates, else None."""
-    content_type: str | None = None
+    content_type: bytes | None = None
     key: str | None = None
     for name, value in headers:
         if name == b"content-type":
             if content_type is not None:  # sent twice: FastAPI's to judge
                 return None
-            content_type = value.decode("latin-1")
+            content_type = value
         elif name == b"idempotency-key":
             if key is not None:
                 return None
             key = value.decode("latin-1")
-    if not is_json(content_type or "") or (key is not None and not 1 <= len(key) <= KEY_MAX):
+    if content_type != _JSON and not is_json((content_type or b"").decode("latin-1")):  # as sent
+        return None
+    if key is not None and not 1 <= len(key) <= KEY_MAX:
         return None
     try:
-        return TaskCreate.model_validate_json(body), key
+        return TaskCreate.__pydantic_validator__.validate_json(body), key
     except ValidationError:
         return None

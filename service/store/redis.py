@@ -284,7 +284,7 @@ class _Pool(ConnectionPool):
 class _Script(AsyncScript):
     """A Lua script, run by EVALSHA and loaded on NOSCRIPT, as redis-py's runs it, without what
     its call does each time for a pipeline, which this store never passes (an import and an
-    isinstance against a Protocol): 0.7 us a call instead of 2.0."""
+    isinstance against a Protocol), nor `evalsha`'s two layers: 0.7 us a call instead of 2.5."""
 
     async def __call__(
         self,
@@ -296,10 +296,10 @@ class _Script(AsyncScript):
         keys = keys or ()
         args = args or ()
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except NoScriptError:  # a server that never saw it (a restart, a failover)
             self.sha = await client.script_load(self.script)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 _PACKER = HiredisRespSerializer()
