@@ -9,6 +9,7 @@ import asyncio
 import json
 import select
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -323,6 +324,34 @@ class RawHttp:
                 break
             body += chunk
         return int(lines[0].split()[1]), headers, body
+
+
+def data_segments_in(sock: socket.socket) -> int:
+    """TCP segments with data this socket has received: `tcpi_data_segs_in` of Linux's
+    struct tcp_info (linux/tcp.h), at byte 152."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("I", info, 152)[0])
+
+
+@pytest.mark.factor("VII")
+def test_a_response_leaves_in_one_tcp_segment(start_service: StartService) -> None:
+    """uvicorn writes a response's head and its body apart; the server sends them together:
+    one write and one segment for each response, where two would double the system calls and
+    packets of every request."""
+    service = start_service()
+    with RawHttp(service.port) as http:
+        body = b'{"title": "one segment"}'
+        http.send(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        status, headers, _ = http.response()
+        assert status == 201 and data_segments_in(http.sock) == 1
+        for n, path in enumerate([headers["location"], "/livez", "/v1/tasks/nope"], start=2):
+            http.send(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+            status, _, answer = http.response()
+            assert answer and data_segments_in(http.sock) == n  # the answer's head and body
+        assert status == 404
 
 
 HUNDRED_MB = 100 * 1024 * 1024
