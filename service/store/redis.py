@@ -466,6 +466,8 @@ assert _FIELDS[0] == "id"
 _STATUS_AT = _FIELDS.index("status")
 _ABSENT = [None] * len(_FIELDS)  # what HMGET answers for a task that does not exist
 _LUA_FIELD_NAMES = "local names = {" + ", ".join(f"'{name}'" for name in _FIELDS) + "}"
+# HSET's field-value pairs from ARGV[1..7], written out: no table to build on each create
+_LUA_FIELDS_FROM_ARGV = ", ".join(f"'{name}', ARGV[{i}]" for i, name in enumerate(_FIELDS, 1))
 _CHANGED = -1  # what the conditional writes answer when If-Match does not name the task's ETag
 # `etag` (service.domain) as a script computes it, and the If-Match check of conditional writes:
 # `tags` is "*" (any) or the tags allowed, concatenated (`_tags`). A script using these declares
@@ -680,11 +682,12 @@ class RedisTaskStore:
             raise LayoutMismatch(stored, self._build)
         self._layout_checked_at = time.monotonic()
 
-    async def _guard_write(self) -> None:
-        """Before a write: the layout check, unless one passed within the last second."""
+    def _layout_unchecked(self) -> bool:
+        """Before a write: whether it needs the layout check (`_check_layout`), which it does
+        unless one passed within the last second. (A plain method: a coroutine to await on
+        every write would cost more than the check.)"""
         checked = self._layout_checked_at
-        if checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS:
-            await self._check_layout()
+        return checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS
 
     async def layout(self) -> LayoutWindow | None:
         return await self._bounded(self._layout())
@@ -731,36 +734,29 @@ class RedisTaskStore:
     # Create, atomically, optionally under an Idempotency-Key.
     # KEYS: [1] the task's hash, [2] index:all, [3] its status index, [4] index:completed,
     #   [5] (with a key only) the idempotency record.
-    # ARGV: [1] the task id, [2] the idempotency record ("<fingerprint>\n<task json>") or "",
-    #   [3] its TTL in seconds or "", [4] its completion score or "" (not done), [5..] the
-    #   hash's fields, in _FIELDS order (the names are the script's: half the arguments).
+    # ARGV: [1..7] the hash's fields, in _FIELDS order (the names are the script's: half the
+    #   arguments), the id first; [8] its completion score, or "" (not done); with a key only,
+    #   [9] the idempotency record ("<fingerprint>\n<task json>") and [10] its TTL in seconds.
     # Returns nil when it created the task, else the record stored earlier under the key.
-    _CREATE = (
-        _LUA_FIELD_NAMES
-        + """
+    _CREATE = f"""
     if KEYS[5] then
       local remembered = redis.call('GET', KEYS[5])
       if remembered then return remembered end
-      redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[3])
+      redis.call('SET', KEYS[5], ARGV[9], 'EX', ARGV[10])
     end
-    local fields = {}
-    for i = 1, #names do
-      fields[2 * i - 1] = names[i]
-      fields[2 * i] = ARGV[4 + i]
-    end
-    redis.call('HSET', KEYS[1], unpack(fields))
+    redis.call('HSET', KEYS[1], {_LUA_FIELDS_FROM_ARGV})
     redis.call('ZADD', KEYS[2], 0, ARGV[1])
     redis.call('ZADD', KEYS[3], 0, ARGV[1])
-    if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1]) end
+    if ARGV[8] ~= '' then redis.call('ZADD', KEYS[4], ARGV[8], ARGV[1]) end
     return false
     """
-    )
 
     async def create(self, task: TaskFields, idempotency: Idempotency | None = None) -> Created:
         return await self._bounded(self._create(task, idempotency))
 
     async def _create(self, task: TaskFields, idempotency: Idempotency | None) -> Created:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         shard = self._keys.shard_of(task.id)
         record = None
         if idempotency is not None:
@@ -770,12 +766,14 @@ class RedisTaskStore:
                 shard = home
         created = Created(task.id, fields_json(task))
         keys = [shard.task(task.id), shard.all, shard.status(task.status), shard.completed]
-        args: list[str | int] = [task.id, "", "", _score(task.completed_at)]
+        args: list[str | int] = [*task, _score(task.completed_at)]
         if idempotency is not None and record is not None:
             keys.append(record)
-            args[1] = idempotency.fingerprint + "\n" + created.json.body.decode()
-            args[2] = idempotency.ttl_seconds
-        remembered = await self._create_script(keys=keys, args=[*args, *task])
+            args += (
+                idempotency.fingerprint + "\n" + created.json.body.decode(),
+                idempotency.ttl_seconds,
+            )
+        remembered = await self._create_script(keys=keys, args=args)
         if remembered is None or idempotency is None:
             return created
         return self._replay(cast(str, remembered), idempotency)
@@ -928,7 +926,8 @@ class RedisTaskStore:
     async def _patch(
         self, task_id: str, patch: TaskPatch, if_match: frozenset[str] | None, now: datetime
     ) -> Task:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         shard = self._keys.shard_of(task_id)
         keys = [shard.task(task_id), *shard.indexes()]
         changes = patch.model_dump(mode="json", exclude_unset=True)
@@ -959,7 +958,8 @@ class RedisTaskStore:
         await self._bounded(self._delete(task_id, if_match))
 
     async def _delete(self, task_id: str, if_match: frozenset[str] | None) -> None:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         shard = self._keys.shard_of(task_id)
         keys = [shard.task(task_id), *shard.indexes()]
         await self._conditional(self._delete_script, keys, task_id, if_match)
@@ -1087,7 +1087,8 @@ class RedisTaskStore:
         return await self._bounded(self._delete_completed_batch(before, limit))
 
     async def _delete_completed_batch(self, before: datetime, limit: int) -> Swept:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         bound, each = completion_score(before), max(1, limit // len(self._keys.shards))
         replies = await _each(
             self._delete_completed(
@@ -1152,7 +1153,8 @@ class RedisTaskStore:
         return await self._bounded(self._delete_unchanged_batch(tasks))
 
     async def _delete_unchanged_batch(self, tasks: Sequence[Task]) -> IdList:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         return [
             i
             for ids in await _each(
@@ -1213,7 +1215,8 @@ class RedisTaskStore:
             await self._bounded(self._put_many(tasks))
 
     async def _put_many(self, tasks: Sequence[Task]) -> None:
-        await self._guard_write()
+        if self._layout_unchecked():
+            await self._check_layout()
         await _each(
             self._put_in(shard, group) for shard, group in self._keys.by_shard(tasks, _task_id)
         )
