@@ -107,24 +107,39 @@ class IdGenerator:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_ms = 0
-        self._last_random = 0
-        self._time_part = ""  # the encoded _last_ms: ids made in one millisecond share it
+        self._random = 0  # the last id's
+        self._head = ""  # the last id but its final two characters (the random part's low 10 bits)
 
     def new(self, ms: int, accept: Callable[[str], bool] | None = None) -> str:
         """The next id, made at `ms` milliseconds since the epoch; with `accept`, the next one
         it accepts (about one in n of them, for a store that needs the id in one of n shards)."""
         with self._lock:
-            if ms <= self._last_ms:
-                random = self._last_random + 1
-            else:
-                random = int.from_bytes(os.urandom(10), "big")
-                self._last_ms, self._time_part = ms, _encode_time(ms)
-            task_id = self._time_part + _encode_random(random)
+            if ms > self._last_ms:
+                self._start(ms)
+            else:  # the same millisecond (or the clock stepped back): the next of its ids
+                self._step()
+            task_id = self._encoded()
             while accept is not None and not accept(task_id):
-                random += 1
-                task_id = self._time_part + _encode_random(random)
-            self._last_random = random
+                self._step()
+                task_id = self._encoded()
         return task_id
+
+    def _start(self, ms: int) -> None:
+        self._last_ms, self._random = ms, int.from_bytes(os.urandom(10), "big")
+        self._head = ""
+
+    def _step(self) -> None:
+        self._random += 1
+        if self._random >> 80:  # past the millisecond's last id: the next one's first
+            self._start(self._last_ms + 1)
+
+    def _encoded(self) -> str:
+        # Ids made in one millisecond count up: only the last two characters change, but one
+        # time in 1,024 (a carry), when the rest is encoded again.
+        low = self._random & 1023
+        if not self._head or not low:
+            self._head = _encode_time(self._last_ms) + _encode_random(self._random)[:14]
+        return self._head + _PAIRS[low]
 
 
 # Two characters per 10 bits: half the lookups of one per 5 (an id is made on every

@@ -367,24 +367,37 @@ def test_a_new_task_takes_its_id_and_times_from_one_reading_of_the_clock(
 @pytest.mark.factor("X")
 @hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(
-    steps=st.lists(st.integers(-3, 3), min_size=1, max_size=50), shards=st.integers(1, 4)
+    steps=st.lists(st.integers(-3, 3), min_size=1, max_size=50),
+    shards=st.integers(1, 4),
+    # random bits as drawn, and some a few short of a carry out of the low 10 bits (or of all)
+    drawn=st.integers(0, 2**80 - 1)
+    | st.integers(0, 2**70 - 1).map(lambda h: h << 10 | 1020)
+    | st.integers(2**80 - 40, 2**80 - 1),
 )
 def test_ids_strictly_increase_in_a_process_even_within_a_millisecond_or_when_the_clock_steps_back(
-    steps: list[int], shards: int
+    steps: list[int], shards: int, drawn: int
 ) -> None:
     """Each id follows the one before, whatever the clock does: a millisecond already used
-    (or one before it) continues that millisecond's sequence. With `accept`, each is the
-    next one accepted."""
-    ids = IdGenerator()
-    at, latest, previous = 1_700_000_000_000, 0, ""
-    for step in steps:
-        at += step
-        latest = max(latest, at)
-        task_id = ids.new(at, lambda i: zlib.crc32(i.encode()) % shards == 0)  # as a store's
-        assert task_id > previous and ID_PATTERN.match(task_id)
-        assert task_id[:10] == _encode_time(latest)
-        assert zlib.crc32(task_id.encode()) % shards == 0
-        previous = task_id
+    (or one before it) continues that millisecond's count. With `accept`, each is the next
+    one accepted. Each is its millisecond and its random bits, encoded."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("os.urandom", lambda n: drawn.to_bytes(n, "big"))
+        ids = IdGenerator()
+        at, latest, previous = 1_700_000_000_000, 0, ""
+        for step in steps:
+            at += step
+            latest = max(latest, at)
+            task_id = ids.new(at, lambda i: zlib.crc32(i.encode()) % shards == 0)  # as a store's
+            assert task_id > previous and ID_PATTERN.match(task_id)
+            ms, random = (
+                sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(part)))
+                for part in (task_id[:10], task_id[10:])
+            )
+            assert task_id == _encode_time(ms) + _encode_random(random)
+            # a later millisecond only past the last random bits of one
+            assert ms == latest if drawn < 2**79 else ms >= latest
+            assert zlib.crc32(task_id.encode()) % shards == 0
+            previous = task_id
 
 
 @pytest.mark.factor("X")
