@@ -82,7 +82,7 @@ class Edge:
             elif name == b"authorization":
                 authorization = value
         started = False
-        message: Message | None = None  # the whole body, once read
+        received: Message | None = None  # the whole body, once read
         body: bytes | None = None  # its bytes (None: no body, or the client went away)
 
         async def tracked(message: Message) -> None:
@@ -100,9 +100,9 @@ class Edge:
                 if declared is not None and _length(declared) > self.max_body_bytes:
                     raise BodyTooLarge(f"the body may be at most {self.max_body_bytes} bytes")
                 # Read before the turn is taken: a turn is not held while a body trickles in.
-                message = await self._read_body(receive)
-                if message["type"] == "http.request":
-                    body = message.get("body", b"")
+                received = await self._read_body(receive)
+                if received["type"] == "http.request":
+                    body = received.get("body", b"")
                 has_body = False  # read whole: the connection can carry the next request
             inner = scope
             if method == "HEAD":
@@ -113,8 +113,8 @@ class Edge:
                 await self._take_turn()
             try:
                 if not await self.fast_paths.serve(inner, body, tracked):
-                    if message is not None:
-                        receive = _replaying(message, receive)
+                    if received is not None:
+                        receive = _replaying(received, receive)
                     await self.app(inner, receive, tracked)
             finally:
                 if admitted:
