@@ -214,7 +214,8 @@ assert tuple(Task.model_fields) == _NAMES, "a store keeps the model's fields, in
 
 
 def new_fields(body: TaskCreate, now: datetime | None = None) -> TaskFields:
-    """A new task from a create request; creating it as done marks it completed now."""
+    """A new task from a create request; creating it as done marks it completed now (`now`,
+    for tests, is written in UTC as the clock's reading is)."""
     us = time.time_ns() // 1000 if now is None else micros(now)  # one reading: id and times
     at = _json_micros(us)
     done = body.status is Status.done

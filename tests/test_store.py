@@ -333,6 +333,11 @@ def test_a_new_task_is_stored_as_the_model_would_be(
 _ID_PARTS = st.tuples(st.integers(0, 2**48 - 1), st.integers(0, 2**80 - 1))
 
 
+def _base32(text: str) -> int:
+    """The number Crockford base32 `text` writes, 5 bits a character."""
+    return sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(text)))
+
+
 @pytest.mark.factor("X")
 @hypothesis.settings(max_examples=500, deadline=None)
 @hypothesis.given(one=_ID_PARTS, other=_ID_PARTS)
@@ -342,8 +347,7 @@ def test_an_id_is_its_milliseconds_and_random_bits_in_crockford_base32_and_sorts
     """Ids sort as their creation times (keyset pagination relies on it), 5 bits a character."""
     task_id = _encode_time(one[0]) + _encode_random(one[1])
     assert ID_PATTERN.match(task_id)
-    value = sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(task_id)))
-    assert value == (one[0] << 80) | one[1]
+    assert _base32(task_id) == (one[0] << 80) | one[1]
     assert (task_id < _encode_time(other[0]) + _encode_random(other[1])) == (one < other)
 
 
@@ -389,10 +393,7 @@ def test_ids_strictly_increase_in_a_process_even_within_a_millisecond_or_when_th
             latest = max(latest, at)
             task_id = ids.new(at, lambda i: zlib.crc32(i.encode()) % shards == 0)  # as a store's
             assert task_id > previous and ID_PATTERN.match(task_id)
-            ms, random = (
-                sum(_CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(part)))
-                for part in (task_id[:10], task_id[10:])
-            )
+            ms, random = _base32(task_id[:10]), _base32(task_id[10:])
             assert task_id == _encode_time(ms) + _encode_random(random)
             # a later millisecond only past the last random bits of one
             assert ms == latest if drawn < 2**79 else ms >= latest

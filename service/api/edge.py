@@ -158,12 +158,11 @@ class Edge:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise BodyTooLarge(f"the body may be at most {self.max_body_bytes} bytes")
-            if not message.get("more_body", False):
-                if not chunks:  # the usual case: it came in one message
-                    return message
-                chunks.append(chunk)
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                if len(chunks) == 1:  # the usual case: it came in one message
+                    return message
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 def _replaying(message: Message, receive: Receive) -> Receive:

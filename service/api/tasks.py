@@ -377,7 +377,8 @@ def _create_request(
             if key is not None:
                 return None
             key = value.decode("latin-1")
-    if content_type != _JSON and not is_json((content_type or b"").decode("latin-1")):  # as sent
+    # application/json, the usual one, is known as sent; any other is decoded and parsed
+    if content_type != _JSON and not is_json((content_type or b"").decode("latin-1")):
         return None
     if key is not None and not 1 <= len(key) <= KEY_MAX:
         return None

@@ -682,12 +682,11 @@ class RedisTaskStore:
             raise LayoutMismatch(stored, self._build)
         self._layout_checked_at = time.monotonic()
 
-    def _layout_unchecked(self) -> bool:
-        """Before a write: whether it needs the layout check (`_check_layout`), which it does
-        unless one passed within the last second. (A plain method: a coroutine to await on
-        every write would cost more than the check.)"""
+    async def _guard_write(self) -> None:
+        """Before a write: the layout check, unless one passed within the last second."""
         checked = self._layout_checked_at
-        return checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS
+        if checked is None or time.monotonic() - checked > _LAYOUT_RECHECK_SECONDS:
+            await self._check_layout()
 
     async def layout(self) -> LayoutWindow | None:
         return await self._bounded(self._layout())
@@ -755,8 +754,7 @@ class RedisTaskStore:
         return await self._bounded(self._create(task, idempotency))
 
     async def _create(self, task: TaskFields, idempotency: Idempotency | None) -> Created:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         shard = self._keys.shard_of(task.id)
         record = None
         if idempotency is not None:
@@ -926,8 +924,7 @@ class RedisTaskStore:
     async def _patch(
         self, task_id: str, patch: TaskPatch, if_match: frozenset[str] | None, now: datetime
     ) -> Task:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         shard = self._keys.shard_of(task_id)
         keys = [shard.task(task_id), *shard.indexes()]
         changes = patch.model_dump(mode="json", exclude_unset=True)
@@ -958,8 +955,7 @@ class RedisTaskStore:
         await self._bounded(self._delete(task_id, if_match))
 
     async def _delete(self, task_id: str, if_match: frozenset[str] | None) -> None:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         shard = self._keys.shard_of(task_id)
         keys = [shard.task(task_id), *shard.indexes()]
         await self._conditional(self._delete_script, keys, task_id, if_match)
@@ -1087,8 +1083,7 @@ class RedisTaskStore:
         return await self._bounded(self._delete_completed_batch(before, limit))
 
     async def _delete_completed_batch(self, before: datetime, limit: int) -> Swept:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         bound, each = completion_score(before), max(1, limit // len(self._keys.shards))
         replies = await _each(
             self._delete_completed(
@@ -1153,8 +1148,7 @@ class RedisTaskStore:
         return await self._bounded(self._delete_unchanged_batch(tasks))
 
     async def _delete_unchanged_batch(self, tasks: Sequence[Task]) -> IdList:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         return [
             i
             for ids in await _each(
@@ -1215,8 +1209,7 @@ class RedisTaskStore:
             await self._bounded(self._put_many(tasks))
 
     async def _put_many(self, tasks: Sequence[Task]) -> None:
-        if self._layout_unchecked():
-            await self._check_layout()
+        await self._guard_write()
         await _each(
             self._put_in(shard, group) for shard, group in self._keys.by_shard(tasks, _task_id)
         )
